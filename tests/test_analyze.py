@@ -1,0 +1,209 @@
+"""analyze.py end to end, in subprocesses, on the short real training run."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import capsnet_chainer  # noqa: F401  (before chainer: restores numpy.sctypes)
+
+import chainer
+import matplotlib.image
+import numpy
+import pytest
+from chainer import testing
+
+from capsnet_chainer import CapsNet
+from capsnet_chainer import load_model
+from capsnet_chainer import save_model
+from capsnet_chainer.datasets import get_mnist
+from capsnet_chainer.model import read_model_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_TEST = 100
+TOP_K = 5
+SAMPLE_FIGURES = ['vis.png', 'vis_all.png'] + ['vis_tweaked{}.png'.format(k)
+                                               for k in range(10)]
+ALL_FILES = sorted(SAMPLE_FIGURES + ['args.json', 'metrics.json', 'confusion.png',
+                                     'misclassified.png'])
+
+
+def run_analyze(args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop('MPLBACKEND', None)  # analyze.py must choose Agg itself
+    env.pop('DISPLAY', None)
+    return subprocess.run([sys.executable, os.path.join(REPO, 'analyze.py')] + list(args),
+                          cwd=str(cwd), env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def tile_colours(png, n_row, n_col):
+    """Mean RGB of the middle of each tile of a saved grid figure, ``(R, C, 3)``."""
+    image = matplotlib.image.imread(png)[..., :3]
+    H, W = image.shape[:2]
+    h, w = H / n_row, W / n_col
+    out = numpy.empty((n_row, n_col, 3))
+    for r in range(n_row):
+        for c in range(n_col):
+            cell = image[int(r * h + h / 4):int((r + 1) * h - h / 4),
+                         int(c * w + w / 4):int((c + 1) * w - w / 4)]
+            out[r, c] = cell.reshape((-1, 3)).mean(axis=0)
+    return out
+
+
+def green(rgb):
+    """Tiles drawn with Greens have more green than blue; Blues, the opposite."""
+    return rgb[..., 1] > rgb[..., 2]
+
+
+def assert_one_line_error(proc, text):
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    assert text in lines[0]
+
+
+@pytest.fixture(scope='module')
+def analyzed(trained_run, mnist_dir, tmp_path_factory):
+    """analyze.py run on the trained model, on the first N_TEST test images."""
+    folder = tmp_path_factory.mktemp('analyze')
+    proc = run_analyze(['--load', trained_run['model'], '--data-dir', mnist_dir,
+                        '--n-test', str(N_TEST), '--top-k', str(TOP_K), '-o', 'out'],
+                       folder)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = folder / 'out'
+    with open(str(out / 'metrics.json')) as f:
+        metrics = json.load(f)
+    return {'proc': proc, 'out': out, 'metrics': metrics, 'model': trained_run['model']}
+
+
+@pytest.fixture(scope='module')
+def untrained_model(tmp_path_factory):
+    """A CapsNet trained without --reconstruct (here: not trained at all)."""
+    path = str(tmp_path_factory.mktemp('untrained') / 'model')
+    save_model(CapsNet(), path, {'epoch': 0})
+    return path
+
+
+def test_writes_every_file(analyzed):
+    out, proc = analyzed['out'], analyzed['proc']
+    assert sorted(os.listdir(str(out))) == ALL_FILES
+    for name in ALL_FILES:
+        if name != 'args.json':
+            assert 'wrote {}'.format(os.path.join('out', name)) in proc.stdout
+    assert 'Device: @numpy' in proc.stdout
+    assert 'warning' not in proc.stderr  # trained with --reconstruct
+    assert 'scoring {} test images: 100% ({}/{})'.format(N_TEST, N_TEST, N_TEST) \
+        in proc.stderr
+
+
+def test_metrics_agree_with_an_independent_count(analyzed, mnist_dir):
+    metrics = analyzed['metrics']
+    model, meta = load_model(analyzed['model'])
+    _, test = get_mnist(data_dir=mnist_dir, n_test=N_TEST)
+    x, t = chainer.dataset.concat_examples(test[:])
+    pred = model.predict(x).argmax(axis=1)
+    correct = pred == t
+    assert metrics['n_test'] == N_TEST
+    assert metrics['n_correct'] == int(correct.sum())
+    assert metrics['accuracy'] == pytest.approx(correct.mean())
+    assert metrics['error_rate'] == pytest.approx(1 - correct.mean())
+    for k in range(10):
+        expected = correct[t == k].mean() if (t == k).any() else None
+        assert metrics['per_class_accuracy'][k] == pytest.approx(expected)
+        assert metrics['per_class_count'][k] == int((t == k).sum())
+    matrix = numpy.array(metrics['confusion_matrix'])
+    assert matrix.sum() == N_TEST and numpy.trace(matrix) == correct.sum()
+    assert matrix[t[0], pred[0]] >= 1
+    # The most confident mistakes, most confident first.
+    wrong = numpy.flatnonzero(~correct)
+    shown = metrics['misclassified']
+    assert len(shown) == min(TOP_K, len(wrong))
+    assert [m['score'] for m in shown] == sorted((m['score'] for m in shown), reverse=True)
+    for m in shown:
+        assert m['index'] in wrong
+        assert (m['true'], m['pred']) == (int(t[m['index']]), int(pred[m['index']]))
+    assert metrics['evaluation']['augmentation'] == 'none'
+
+
+def test_metrics_provenance(analyzed):
+    metrics, path = analyzed['metrics'], analyzed['model']
+    config, meta = read_model_file(path)
+    assert metrics['config'] == config
+    assert metrics['config']['reconstruct'] is True
+    with open(path, 'rb') as f:
+        assert metrics['source']['sha256'] == hashlib.sha256(f.read()).hexdigest()
+    assert metrics['source']['path'] == os.path.abspath(path)
+    assert metrics['source']['meta'] == meta
+    assert metrics['source']['meta']['epoch'] >= 1
+    assert metrics['source']['meta']['train_args']['reconstruct'] is True
+
+
+def test_figure_sizes_and_colours(analyzed):
+    out = analyzed['out']
+    for name, (R, C) in [('vis.png', (2, 20)), ('vis_all.png', (11, 20)),
+                         ('vis_tweaked0.png', (9, 16)), ('vis_tweaked9.png', (9, 16))]:
+        path = str(out / name)
+        assert matplotlib.image.imread(path).shape[:2] == (R * 50, C * 50), name
+        colours = tile_colours(path, R, C)
+        given = 4 if name.startswith('vis_tweaked') else 0
+        assert green(colours[given]).all(), name
+        assert not green(numpy.delete(colours, given, axis=0)).any(), name
+    n_shown = len(analyzed['metrics']['misclassified'])
+    if n_shown:
+        assert matplotlib.image.imread(str(out / 'misclassified.png')).shape[1] == (
+            max(n_shown, 4) * 50)
+
+
+def test_paper_perturbation_and_untrained_decoder(untrained_model, mnist_dir, tmp_path):
+    proc = run_analyze(['--load', untrained_model, '--data-dir', mnist_dir, '--n-test', '5',
+                        '--perturbation', 'paper', '--top-k', '3', '-o', 'out'], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'trained without --reconstruct' in proc.stderr
+    assert 'decoder is untrained' in proc.stderr
+    assert sorted(os.listdir(str(tmp_path / 'out'))) == ALL_FILES
+    # The paper's Fig. 4: 16 dimensions (rows) x 11 steps (columns), r = 0 green.
+    path = str(tmp_path / 'out' / 'vis_tweaked5.png')
+    assert matplotlib.image.imread(path).shape[:2] == (16 * 50, 11 * 50)
+    colours = tile_colours(path, 16, 11)
+    assert green(colours[:, 5]).all()
+    assert not green(numpy.delete(colours, 5, axis=1)).any()
+    with open(str(tmp_path / 'out' / 'metrics.json')) as f:
+        metrics = json.load(f)
+    assert metrics['n_test'] == 5 and metrics['config']['reconstruct'] is False
+
+
+def test_missing_model_file(tmp_path):
+    proc = run_analyze(['--load', str(tmp_path / 'nothing')], tmp_path)
+    assert_one_line_error(proc, 'no such model file')
+    assert not (tmp_path / 'analyze_result').exists()
+
+
+def test_not_a_model_file(tmp_path):
+    (tmp_path / 'notes.txt').write_text('not a model')
+    proc = run_analyze(['--load', 'notes.txt'], tmp_path)
+    assert_one_line_error(proc, 'not a model file written by train.py')
+
+
+def test_model_without_configuration(tmp_path):
+    # The reference implementation's files: save_npz of the chain, no configuration.
+    chainer.serializers.save_npz(str(tmp_path / 'reference_model'), CapsNet())
+    proc = run_analyze(['--load', 'reference_model'], tmp_path)
+    assert_one_line_error(proc, 'no capsnet_chainer configuration')
+
+
+def test_missing_data(untrained_model, tmp_path):
+    proc = run_analyze(['--load', untrained_model, '--data-dir', str(tmp_path)], tmp_path)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert 'error: MNIST file(s) not found' in proc.stderr
+
+
+def test_help_names_the_default_out_folder(tmp_path):
+    proc = run_analyze(['--help'], tmp_path)
+    assert proc.returncode == 0
+    assert 'analyze_result' in proc.stdout and '--perturbation' in proc.stdout
+
+
+testing.run_module(__name__, __file__)

@@ -1,0 +1,190 @@
+import chainer
+import chainer.functions as F
+import numpy
+import pytest
+from chainer import gradient_check
+from chainer import testing
+
+from capsnet_chainer import functions
+
+
+def squash_ref(s):
+    """SPEC's squash, v = s |s| / (1 + |s|^2), in NumPy."""
+    norm = numpy.sqrt((s * s).sum(axis=-1, keepdims=True))
+    return s * norm / (1 + norm ** 2)
+
+
+def softmax_ref(b, axis):
+    e = numpy.exp(b - b.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def routing_ref(u_hat, n_iteration):
+    """Procedure 1 of the paper, one example and one digit at a time."""
+    B, J, I, D = u_hat.shape
+    b = numpy.zeros((B, J, I))
+    for r in range(n_iteration):
+        c = softmax_ref(b, axis=1)
+        v = numpy.zeros((B, J, D))
+        for n in range(B):
+            for j in range(J):
+                s = sum(c[n, j, i] * u_hat[n, j, i] for i in range(I))
+                v[n, j] = squash_ref(s)
+        if r < n_iteration - 1:
+            for n in range(B):
+                for j in range(J):
+                    for i in range(I):
+                        b[n, j, i] += u_hat[n, j, i] @ v[n, j]
+    return v, c
+
+
+def margin_loss_ref(lengths, t):
+    total = 0.0
+    for n in range(lengths.shape[0]):
+        for k in range(lengths.shape[1]):
+            if k == t[n]:
+                total += max(0.0, 0.9 - lengths[n, k]) ** 2
+            else:
+                total += 0.5 * max(0.0, lengths[n, k] - 0.1) ** 2
+    return total / lengths.shape[0]
+
+
+@pytest.mark.parametrize('shape', [(5, 16), (2, 10, 16), (3, 4, 8)])
+def test_squash_forward(shape):
+    s = numpy.random.randn(*shape).astype(numpy.float32)
+    v = functions.squash(s).array
+    numpy.testing.assert_allclose(v, squash_ref(s), rtol=1e-5, atol=1e-6)
+    assert (numpy.linalg.norm(v, axis=-1) < 1).all()
+
+
+def test_squash_backward():
+    s = numpy.random.randn(3, 4, 16)
+    gy = numpy.random.randn(3, 4, 16)
+    gradient_check.check_backward(functions.squash, s, gy, dtype=numpy.float64,
+                                  atol=1e-5, rtol=1e-4)
+
+
+def test_squash_double_backward():
+    s = numpy.random.randn(3, 8)
+    gy = numpy.random.randn(3, 8)
+    ggs = numpy.random.randn(3, 8)
+    gradient_check.check_double_backward(functions.squash, s, gy, ggs,
+                                         dtype=numpy.float64, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
+def test_squash_and_length_finite_at_zero(dtype):
+    s = chainer.Variable(numpy.zeros((2, 3, 16), dtype=dtype))
+    v = functions.squash(s)
+    length = functions.capsule_length(v)
+    F.sum(length).backward()
+    assert numpy.isfinite(v.array).all() and (v.array == 0).all()
+    assert numpy.isfinite(length.array).all()
+    assert numpy.isfinite(s.grad).all()
+
+
+def test_capsule_length_backward():
+    v = numpy.random.randn(4, 10, 16)
+    gy = numpy.random.randn(4, 10)
+    gradient_check.check_backward(functions.capsule_length, v, gy, dtype=numpy.float64,
+                                  atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('n_iteration', [1, 2, 3])
+def test_routing_forward(n_iteration):
+    u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
+    v = functions.routing(u_hat, n_iteration).array
+    v_ref, _ = routing_ref(u_hat, n_iteration)
+    numpy.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('n_iteration', [1, 2, 3])
+def test_routing_backward(n_iteration):
+    u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
+    gy = numpy.random.randn(2, 3, 4)
+
+    def f(u):
+        return functions.routing(u, n_iteration)
+    gradient_check.check_backward(f, u_hat, gy, dtype=numpy.float64, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('n_iteration', [2, 3])
+def test_routing_gradient_through_last_iteration_only(n_iteration):
+    """With coefficients treated as constants the gradient is that of
+    ``squash(sum_i c_ij u_hat[j|i])`` for the final, fixed ``c``."""
+    u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
+    gy = numpy.random.randn(2, 3, 4)
+    u = chainer.Variable(u_hat.copy())
+    v = functions.routing(u, n_iteration, grad_all_iterations=False)
+    v.grad = gy
+    v.backward()
+    v_ref, c = routing_ref(u_hat, n_iteration)
+    numpy.testing.assert_allclose(v.array, v_ref, rtol=1e-6, atol=1e-7)
+
+    def last_sum(x):
+        s = F.sum(F.broadcast_to(c[..., None], x.shape) * x, axis=2)
+        return functions.squash(s)
+    gradient_check.check_backward(last_sum, u_hat, gy, dtype=numpy.float64,
+                                  atol=1e-5, rtol=1e-4)
+    u_fixed = chainer.Variable(u_hat.copy())
+    y = last_sum(u_fixed)
+    y.grad = gy
+    y.backward()
+    numpy.testing.assert_allclose(u.grad, u_fixed.grad, rtol=1e-6, atol=1e-8)
+    # ...which differs from the full gradient, so the switch does something.
+    u_all = chainer.Variable(u_hat.copy())
+    v_all = functions.routing(u_all, n_iteration)
+    v_all.grad = gy
+    v_all.backward()
+    assert not numpy.allclose(u_all.grad, u.grad, rtol=1e-3)
+
+
+def test_routing_rejects_zero_iterations():
+    with pytest.raises(ValueError, match='n_iteration'):
+        functions.routing(numpy.zeros((1, 2, 3, 4), numpy.float32), 0)
+
+
+def test_margin_loss_forward():
+    lengths = numpy.random.rand(6, 10).astype(numpy.float32)
+    t = numpy.random.randint(0, 10, 6).astype(numpy.int32)
+    loss = functions.margin_loss(lengths, t).array
+    assert loss.shape == ()
+    numpy.testing.assert_allclose(loss, margin_loss_ref(lengths, t), rtol=1e-5)
+
+
+def test_margin_loss_backward():
+    # Keep lengths away from the hinges at 0.1 and 0.9, where the loss has kinks.
+    lengths = numpy.random.choice([0.05, 0.3, 0.5, 0.7, 0.95], size=(4, 10))
+    lengths += numpy.random.uniform(-0.02, 0.02, size=lengths.shape)
+    t = numpy.random.randint(0, 10, 4).astype(numpy.int32)
+
+    def f(x):
+        return functions.margin_loss(x, t)
+    gradient_check.check_backward(f, lengths, numpy.array(1.0), dtype=numpy.float64,
+                                  atol=1e-5, rtol=1e-4)
+
+
+def test_reconstruction_loss_forward_and_backward():
+    x_rec = numpy.random.rand(3, 1, 28, 28)
+    x = numpy.random.rand(3, 1, 28, 28)
+    expected = sum(((x_rec[n] - x[n]) ** 2).sum() for n in range(3)) / 3
+    numpy.testing.assert_allclose(
+        functions.reconstruction_loss(x_rec, x).array, expected, rtol=1e-12)
+
+    def f(y):
+        return functions.reconstruction_loss(y, x)
+    gradient_check.check_backward(f, x_rec, numpy.array(1.0), dtype=numpy.float64,
+                                  atol=1e-5, rtol=1e-4)
+
+
+def test_mask_keeps_one_capsule():
+    v = numpy.random.randn(4, 10, 16).astype(numpy.float32)
+    labels = numpy.array([0, 3, 9, 3], numpy.int32)
+    masked = functions.mask(v, labels).array
+    for n, j in enumerate(labels):
+        numpy.testing.assert_array_equal(masked[n, j], v[n, j])
+        others = numpy.delete(masked[n], j, axis=0)
+        assert (others == 0).all()
+
+
+testing.run_module(__name__, __file__)
