@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-import zipfile
 
 import matplotlib
 matplotlib.use('Agg')
@@ -22,30 +21,18 @@ matplotlib.use('Agg')
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
 import chainer  # noqa: E402
 
+from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer import figures  # noqa: E402
-from capsnet_chainer.datasets import DatasetError  # noqa: E402
+from capsnet_chainer.cli import non_negative_int  # noqa: E402
+from capsnet_chainer.cli import positive_int  # noqa: E402
 from capsnet_chainer.datasets import get_mnist  # noqa: E402
 from capsnet_chainer.model import load_model  # noqa: E402
-from capsnet_chainer.model import read_model_file  # noqa: E402
-from capsnet_chainer.model import write_atomic  # noqa: E402
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError('must be a positive integer, got {}'.format(text))
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError('must be >= 0, got {}'.format(text))
-    return value
+from capsnet_chainer.model import ModelFileError  # noqa: E402
+from capsnet_chainer.fileio import write_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description='Figures and test-set metrics of a CapsNet model written by train.py',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--gpu', '-g', type=int, default=-1,
@@ -54,14 +41,16 @@ def parse_args(argv=None):
                         help='Chainer device specifier (e.g. @cupy:0, @numpy); '
                              'overrides --gpu')
     parser.add_argument('--load', required=True,
-                        help='model file written by train.py --save')
+                        help='model written by train.py --save (also: a train.py '
+                             'snapshot, or a model saved by the reference implementation)')
     parser.add_argument('--out', '-o', default='analyze_result',
                         help='folder for the figures and metrics.json')
     parser.add_argument('--data-dir', default=None,
                         help='folder with the four MNIST IDX .gz files (default: the '
                              'cache under $CHAINER_DATASET_ROOT, filled from mirrors)')
     parser.add_argument('--n-test', type=positive_int, default=None,
-                        help='score only the first N test images (default: all 10,000)')
+                        help='score only the first N test images (None: all 10,000); '
+                             'the sample figures always use the full test set')
     parser.add_argument('--perturbation', choices=sorted(figures.PERTURBATIONS),
                         default='reference',
                         help='vis_tweaked*.png: the reference (9 rows of steps of 0.075 '
@@ -71,43 +60,26 @@ def parse_args(argv=None):
                         help='misclassified test images to show in misclassified.png')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=figures.BATCHSIZE,
                         help='images per forward pass when scoring')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error')
     args = parser.parse_args(argv)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error('--out {} is a file, not a folder'.format(args.out))
+    try:
+        cli.check_output_folder(args.out, '--out')
+    except cli.CLIError as e:
+        parser.error(str(e))
     return args
 
 
-def get_device(args):
-    spec = args.device or ('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
-    try:
-        return chainer.get_device(spec)
-    except Exception as e:  # CuPy missing or no such GPU
-        sys.exit('error: cannot use device {} ({}: {}). For a GPU install CuPy for your '
-                 'CUDA (pip install cupy-cuda13x or cupy-cuda12x); for the CPU pass -g -1.'
-                 .format(spec, type(e).__name__, e))
-
-
 def load(path):
-    """Rebuilds the model stored at ``path``; exits with a one-line error when it can't.
+    """Rebuilds the model stored at ``path``; a bad file raises :class:`cli.CLIError`.
 
     Returns:
         tuple: ``(model, meta)``.
     """
-    if not os.path.exists(path):
-        sys.exit('error: --load: no such model file: {}'.format(path))
-    if not os.path.isfile(path):
-        sys.exit('error: --load: {} is not a file'.format(path))
     try:
-        config, _ = read_model_file(path)
-        if config is None:
-            sys.exit('error: --load: {} holds no capsnet_chainer configuration, so the '
-                     'network cannot be rebuilt (a model written by the reference '
-                     'implementation? Those are not supported yet; retrain with this '
-                     'project\'s train.py --save)'.format(path))
         return load_model(path)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        sys.exit('error: --load: {} is not a model file written by train.py ({}: {})'
-                 .format(path, type(e).__name__, e))
+    except ModelFileError as e:
+        raise cli.CLIError('--load: {}'.format(' '.join(str(e).split()))) from None
 
 
 class Progress(object):
@@ -128,11 +100,11 @@ class Progress(object):
             self.shown = percent
 
 
-def main(argv=None):
+def analyze(argv=None):
     start = time.time()
     args = parse_args(argv)
     print(json.dumps(vars(args), indent=2))
-    device = get_device(args)
+    device = cli.get_device(args.gpu, args.device)
     print('Device: {}'.format(device))
 
     # Load the model
@@ -142,22 +114,24 @@ def main(argv=None):
         args.load, sha256[:12], meta.get('epoch', '?'),
         meta.get('validation/main/accuracy', '?')))
     print('# configuration: {}'.format(json.dumps(model.config)))
+    if meta.get('note'):
+        print('# note: {}'.format(meta['note']))
     if not model.reconstruct:
-        print('warning: {} was trained without --reconstruct: its decoder is untrained, '
-              'so every reconstruction in the figures is meaningless'.format(args.load),
-              file=sys.stderr, flush=True)
+        how = ('judging by its all-zero decoder biases' if meta.get('note')
+               else 'says its configuration')
+        print('warning: {} was trained without --reconstruct ({}): its decoder is '
+              'untrained, so every reconstruction in the figures is meaningless'.format(
+                  args.load, how), file=sys.stderr, flush=True)
     model.to_device(device)
     device.use()
 
     # Load the data
-    try:
-        _, test = get_mnist(data_dir=args.data_dir)
-    except DatasetError as e:
-        sys.exit('error: {}'.format(e))
+    _, test = get_mnist(data_dir=args.data_dir)  # a DatasetError is one line in cli.run
     x, t = chainer.dataset.concat_examples(test[:])
     n_test = args.n_test or len(t)
     if n_test > len(t):
-        sys.exit('error: --n-test {} exceeds the {} test images'.format(n_test, len(t)))
+        raise cli.CLIError('--n-test {} exceeds the {} test images'.format(n_test, len(t)),
+                           cli.EXIT_USAGE)
     os.makedirs(args.out, exist_ok=True)
     write_atomic(os.path.join(args.out, 'args.json'),
                  lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
@@ -205,6 +179,10 @@ def main(argv=None):
     print('test accuracy {:.2%} (error {:.2%}) on {} images, no augmentation'.format(
         metrics['accuracy'], metrics['error_rate'], n_test))
     print('# total: {:.1f} s'.format(time.time() - start))
+
+
+def main(argv=None):
+    sys.exit(cli.run(analyze, argv))
 
 
 if __name__ == '__main__':

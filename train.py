@@ -16,40 +16,24 @@ import matplotlib
 matplotlib.use('Agg')
 
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
-import chainer  # noqa: E402
-import numpy  # noqa: E402
+import filelock  # noqa: E402
 
+from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer import training as capsnet_training  # noqa: E402
-from capsnet_chainer.datasets import DatasetError  # noqa: E402
+from capsnet_chainer.cli import finite_float  # noqa: E402
+from capsnet_chainer.cli import non_negative_int  # noqa: E402
+from capsnet_chainer.cli import positive_int  # noqa: E402
 from capsnet_chainer.datasets import get_mnist  # noqa: E402
 from capsnet_chainer.datasets import RandomShift  # noqa: E402
+from capsnet_chainer.figures import ReconstructionReport  # noqa: E402
 from capsnet_chainer.model import CapsNet  # noqa: E402
-from capsnet_chainer.model import write_atomic  # noqa: E402
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError('must be a positive integer, got {}'.format(text))
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError('must be >= 0, got {}'.format(text))
-    return value
-
-
-def finite_float(text):
-    value = float(text)
-    if not numpy.isfinite(value):
-        raise argparse.ArgumentTypeError('must be a finite number, got {}'.format(text))
-    return value
+from capsnet_chainer.model import inspect_model_file  # noqa: E402
+from capsnet_chainer.model import ModelFileError  # noqa: E402
+from capsnet_chainer.fileio import write_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description='CapsNet (Sabour et al., NIPS 2017) on MNIST, in Chainer',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--batchsize', '-b', type=positive_int, default=256)
@@ -69,10 +53,18 @@ def parse_args(argv=None):
     parser.add_argument('--out', '-o', default='result',
                         help='folder for snapshots, log and plots')
     parser.add_argument('--resume', '-r', nargs='?', const='auto', default=None,
-                        help='resume from this snapshot; without a path, the newest in '
-                             '--out')
+                        help='resume from this snapshot; without a path, from the newest '
+                             'in --out (or from the start if it has none)')
     parser.add_argument('--keep', type=positive_int, default=1,
-                        help='trainer snapshots to keep')
+                        help='snapshots to keep in --out')
+    parser.add_argument('--snapshot-every', type=non_negative_int, default=0,
+                        help='also snapshot every N iterations (0: only at the end of '
+                             'each epoch)')
+    parser.add_argument('--vis-every', type=non_negative_int, default=0,
+                        help='every N epochs, write the reconstructions of the first two '
+                             'test images of each digit into --out (0: never)')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error')
     parser.add_argument('--data-dir', default=None,
                         help='folder with the four MNIST IDX .gz files (default: the '
                              'cache under $CHAINER_DATASET_ROOT, filled from mirrors)')
@@ -113,21 +105,22 @@ def parse_args(argv=None):
         parser.error('--leaky-slope must be >= 0, got {}'.format(args.leaky_slope))
     if not 0 < args.decay <= 1:
         parser.error('--decay must be in (0, 1], got {}'.format(args.decay))
-    if args.alpha <= 0 or args.min_alpha < 0:
-        parser.error('--alpha must be > 0 and --min-alpha >= 0')
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error('--out {} is a file, not a folder'.format(args.out))
-    return args
-
-
-def get_device(args):
-    spec = args.device or ('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
+    if args.alpha <= 0:
+        parser.error('--alpha must be > 0, got {}'.format(args.alpha))
+    if args.min_alpha < 0:
+        parser.error('--min-alpha must be >= 0, got {}'.format(args.min_alpha))
+    if args.recon_weight < 0:
+        parser.error('--recon-weight must be >= 0, got {}'.format(args.recon_weight))
+    if args.max_shift >= 28:
+        parser.error('--max-shift {} would shift the whole 28x28 image out of view'
+                     .format(args.max_shift))
     try:
-        return chainer.get_device(spec)
-    except Exception as e:  # CuPy missing or no such GPU
-        sys.exit('error: cannot use device {} ({}: {}). For a GPU install CuPy for your '
-                 'CUDA (pip install cupy-cuda13x or cupy-cuda12x); for the CPU pass -g -1.'
-                 .format(spec, type(e).__name__, e))
+        cli.check_output_folder(args.out, '--out')
+        if args.save:
+            cli.check_output_file(args.save, '--save')
+    except cli.CLIError as e:
+        parser.error(str(e))
+    return args
 
 
 def build_model(args):
@@ -138,20 +131,64 @@ def build_model(args):
                    mask_test=args.mask_test, recon_weight=args.recon_weight)
 
 
-def main(argv=None):
+def find_resume_snapshot(args, settings):
+    """The snapshot to resume from (checked against ``settings``), or ``None``."""
+    snapshots, unreadable = capsnet_training.list_snapshots(args.out)
+    for path in unreadable:
+        print('warning: {} is named like a snapshot but cannot be read; ignored'.format(
+            path), file=sys.stderr)
+    if not args.resume:
+        if snapshots:
+            raise cli.CLIError(
+                '--out {} already holds the snapshots of a run (newest: {}); pass --resume '
+                'to continue it, or choose another --out to start a new run'.format(
+                    args.out, snapshots[-1][1]), cli.EXIT_USAGE)
+        return None
+    if args.resume == 'auto':
+        if not snapshots:
+            print('No snapshot in {} yet: starting from the beginning'.format(args.out))
+            return None
+        path = snapshots[-1][1]
+    else:
+        path = args.resume
+    capsnet_training.check_snapshot(path, settings)
+    return path
+
+
+def check_save_target(path):
+    """Refuses a --save path that holds something other than a model."""
+    if not path or not os.path.isfile(path):
+        return
+    try:
+        kind = inspect_model_file(path)['kind']
+    except ModelFileError:
+        kind = None
+    if kind not in ('model', 'reference'):
+        raise cli.CLIError('--save {} exists and is not a model file; refusing to '
+                           'overwrite it'.format(path), cli.EXIT_USAGE)
+
+
+def train(argv=None):
     args = parse_args(argv)
     print(json.dumps(vars(args), indent=2))
-    device = get_device(args)
+    device = cli.get_device(args.gpu, args.device)
     print('Device: {}'.format(device))
     print('# Minibatch-size: {}'.format(args.batchsize))
     print('# epoch: {}'.format(args.epoch))
+
+    # Check what to resume from, and what --save would replace, before anything is
+    # loaded or written
+    settings = capsnet_training.run_settings(args)
+    check_save_target(args.save)
+    resume = find_resume_snapshot(args, settings)
 
     # Load the data
     try:
         train, test = get_mnist(data_dir=args.data_dir, n_train=args.n_train,
                                 n_test=args.n_test)
-    except (DatasetError, ValueError) as e:
-        sys.exit('error: {}'.format(e))
+    except ValueError as e:  # --n-train or --n-test larger than the data
+        raise cli.CLIError(str(e).replace('n_train=', '--n-train ').replace(
+            'n_test=', '--n-test '), cli.EXIT_USAGE) from None
 
     # Set up a model
     capsnet_training.set_random_seed(args.seed, device)
@@ -162,26 +199,55 @@ def main(argv=None):
 
     # Set up a trainer
     converter = RandomShift(args.max_shift, per_image=args.shift_per_image, seed=args.seed)
-    meta = {'train_args': vars(args)}
+    run_args = {k: v for k, v in vars(args).items()
+                if k not in ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')}
     trainer = capsnet_training.build_trainer(model, train, test, device, args, converter,
-                                             meta=meta)
+                                             meta={'train_args': run_args})
+    if args.vis_every:
+        if not args.reconstruct:
+            print('warning: --vis-every without --reconstruct: the decoder is not trained, '
+                  'so the reconstruction figures will show noise', file=sys.stderr)
+        trainer.extend(ReconstructionReport.from_dataset(
+            model, test, trigger=(args.vis_every, 'epoch')))
+    if resume:
+        print('Resuming from {}'.format(resume))
+        capsnet_training.load_snapshot(resume, trainer)
+        if trainer.updater.epoch_detail >= args.epoch:
+            print('{} is already at epoch {:g} of --epoch {}: nothing to do'.format(
+                resume, trainer.updater.epoch_detail, args.epoch))
+            return
+
+    # From here on, files are written
     os.makedirs(args.out, exist_ok=True)
-    write_atomic(os.path.join(args.out, 'args.json'),
-                 lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
+    lock = filelock.FileLock(os.path.join(args.out, '.train.lock'))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise cli.CLIError('another train.py is writing to --out {}; wait for it or '
+                           'choose another --out'.format(args.out)) from None
+    try:
+        for path in capsnet_training.remove_stale_temp_files(args.out):
+            print('Removed {}, left by an interrupted write'.format(path))
+        if args.save:
+            save_dir = os.path.dirname(os.path.abspath(args.save))
+            os.makedirs(save_dir, exist_ok=True)
+            capsnet_training.remove_stale_temp_files(save_dir, os.path.basename(args.save))
+        write_atomic(os.path.join(args.out, 'args.json'),
+                     lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
 
-    if args.resume:
-        path = args.resume
-        if path == 'auto':
-            path = capsnet_training.latest_snapshot(args.out)
-            if path is None:
-                sys.exit('error: --resume: no snapshot in {}'.format(args.out))
-        if not os.path.isfile(path):
-            sys.exit('error: --resume: no such snapshot file: {}'.format(path))
-        print('Resuming from {}'.format(path))
-        chainer.serializers.load_npz(path, trainer)
+        # Run the training
+        try:
+            trainer.run(show_loop_exception_msg=args.debug)
+        except capsnet_training.NonFiniteError as e:
+            last = capsnet_training.latest_snapshot(args.out)
+            raise cli.CLIError('{}; training stopped. The last good snapshot is {}'.format(
+                e, last or 'none (none was written yet)')) from e
+    finally:
+        lock.release()
 
-    # Run the training
-    trainer.run()
+
+def main(argv=None):
+    sys.exit(cli.run(train, argv))
 
 
 if __name__ == '__main__':

@@ -30,6 +30,7 @@ import filelock
 import numpy
 
 from capsnet_chainer import compat  # noqa: F401  (restores numpy.sctypes for chainer)
+from capsnet_chainer.fileio import write_atomic
 
 import chainer
 
@@ -410,26 +411,6 @@ def _make_sources(sources):
     return made
 
 
-def _atomic_write(path, data):
-    """Writes ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                               suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _fetch(name, sources, attempts):
     """Tries each source for ``name``; returns the verified payload and the raw bytes."""
     for source in sources:
@@ -475,7 +456,7 @@ def _fill_cache(cache_dir, sources):
             if data[:2] != _GZIP_MAGIC:
                 data = gzip.compress(payload, compresslevel=6, mtime=0)
             try:
-                _atomic_write(path, data)
+                write_atomic(path, lambda f: f.write(data))
             except OSError as e:
                 raise DatasetError(
                     '{}: cannot write the cache file ({}); pass --data-dir DIR or set '

@@ -29,7 +29,7 @@ import matplotlib.figure
 import numpy
 from chainer import training
 
-from capsnet_chainer.model import write_atomic
+from capsnet_chainer.fileio import write_atomic
 
 #: Colour map of given images and of the unperturbed row.
 GIVEN_CMAP = 'Greens'

@@ -1,8 +1,10 @@
 """Capsule functions: squash, dynamic routing and the two losses.
 
-All are built from :mod:`chainer.functions`, so autograd gives the backward pass
-(and double backward). Shapes use ``B`` batch, ``J`` digit capsules (10), ``I`` primary
-capsules (1152) and ``D`` capsule dimensions (16).
+All but :func:`routing` are built from :mod:`chainer.functions`, so autograd gives
+the backward pass (and double backward); :func:`routing` is a FunctionNode with a
+hand-written backward (:mod:`capsnet_chainer.kernels`). Shapes use ``B`` batch,
+``J`` digit capsules (10), ``I`` primary capsules (1152) and ``D`` capsule dimensions
+(16).
 
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017.
 """
@@ -11,9 +13,11 @@ import chainer
 import chainer.functions as F
 import numpy
 
+from capsnet_chainer import kernels
+
 #: Added inside the square root of every norm, so that the norm and its gradient stay
 #: finite at zero length (the exact norm has an infinite derivative there).
-EPS = 1e-8
+EPS = kernels.EPS
 
 
 def squared_norm(x, axis=-1):
@@ -71,26 +75,12 @@ def routing(u_hat, n_iteration=3, grad_all_iterations=True):
             so gradients reach ``u_hat`` only through the last weighted sum.
 
     Returns:
-        ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``.
+        ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``. Its backward is written by
+        hand (:class:`~capsnet_chainer.kernels.Routing`): first-order gradients only.
     """
     if n_iteration < 1:
         raise ValueError('n_iteration must be at least 1, got {}'.format(n_iteration))
-    B, J, I, D = u_hat.shape
-    xp = chainer.backend.get_array_module(u_hat)
-    u_hat = F.reshape(u_hat, (B * J, I, D))
-    u_const = u_hat if grad_all_iterations else chainer.Variable(u_hat.array)
-    b = xp.zeros((B, J, I), dtype=u_hat.dtype)
-    for r in range(n_iteration):
-        last = r == n_iteration - 1
-        u = u_hat if last else u_const
-        c = F.softmax(b, axis=1)  # (B, J, I)
-        s = F.matmul(F.reshape(c, (B * J, 1, I)), u)  # (B * J, 1, D)
-        v = squash(F.reshape(s, (B, J, D)))  # (B, J, D)
-        if not last:
-            v_agree = v if grad_all_iterations else v.array
-            agreement = F.matmul(u_const, F.reshape(v_agree, (B * J, D, 1)))
-            b = b + F.reshape(agreement, (B, J, I))
-    return v
+    return kernels.routing(u_hat, n_iteration, grad_all_iterations)
 
 
 def margin_loss(lengths, t, m_plus=0.9, m_minus=0.1, lambda_=0.5):

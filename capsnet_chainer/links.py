@@ -7,13 +7,57 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 from chainer import initializers
+import numpy
 
+from capsnet_chainer import kernels
 from capsnet_chainer.functions import mask
 from capsnet_chainer.functions import routing
 from capsnet_chainer.functions import squash
 
 #: The reference initialises every weight from Uniform(-0.05, 0.05), biases at zero.
 DEFAULT_INITIALW = initializers.Uniform(scale=0.05)
+
+
+class Convolution2D(L.Convolution2D):
+    """:class:`chainer.links.Convolution2D` computed by the channels-last kernel.
+
+    The parameters (``W`` ``(O, C, kh, kw)``, ``b``), their names and initialisation are
+    those of the parent class, so model files are unchanged. Valid (unpadded),
+    undilated, ungrouped convolutions of NumPy arrays run as
+    :func:`~capsnet_chainer.kernels.convolution_2d`; others, and every convolution on a
+    GPU (where cuDNN's is the fast one), fall back to the parent's code.
+    """
+
+    def forward(self, x):
+        """Args: x ``(B, C, H, W)``. Returns: ``(B, O, H', W')``, a view of channels-last
+        memory."""
+        if not self._fast():
+            return super().forward(x)
+        y = self.forward_nhwc(F.transpose(x, (0, 2, 3, 1)))
+        return F.transpose(y, (0, 3, 1, 2))
+
+    def forward_nhwc(self, x, slope=None):
+        """The convolution on channels-last images, with an optional fused leaky ReLU.
+
+        Args:
+            x (~chainer.Variable or array): Images ``(B, H, W, C)``, any strides.
+            slope (float or None): See :func:`~capsnet_chainer.kernels.convolution_2d`.
+
+        Returns:
+            ~chainer.Variable: ``(B, H', W', O)``, C-contiguous.
+        """
+        if self.W.array is None:
+            self._initialize_params(x.shape[3])
+        if not self._fast():
+            h = F.transpose(super().forward(F.transpose(x, (0, 3, 1, 2))), (0, 2, 3, 1))
+            if slope is not None:
+                h = F.relu(h) if slope == 0 else F.leaky_relu(h, slope)
+            return h
+        return kernels.convolution_2d(x, self.W, self.b, self.stride, slope)
+
+    def _fast(self):
+        return (self.xp is numpy and tuple(self.pad) == (0, 0)
+                and tuple(self.dilate) == (1, 1) and self.groups == 1)
 
 
 class PrimaryCapsules(chainer.Chain):
@@ -40,15 +84,20 @@ class PrimaryCapsules(chainer.Chain):
         self.dim = dim
         self.squash = squash
         with self.init_scope():
-            self.conv = L.Convolution2D(in_channels, n_type * dim, ksize, stride,
-                                        initialW=initialW)
+            self.conv = Convolution2D(in_channels, n_type * dim, ksize, stride,
+                                      initialW=initialW)
 
     def forward(self, h):
-        """Args: h ``(B, C, H, W)``. Returns: u ``(B, n_type * H' * W', dim)``."""
-        h = self.conv(h)  # (B, n_type * dim, 6, 6)
-        B, _, H, W = h.shape
-        u = F.reshape(h, (B, self.n_type, self.dim, H * W))
-        u = F.reshape(F.transpose(u, (0, 1, 3, 2)), (B, self.n_type * H * W, self.dim))
+        """Args: h ``(B, C, H, W)``. Returns: u ``(B, n_type * H' * W', dim)``.
+
+        The convolution runs on the channels-last view of ``h``, which is free when
+        ``h`` is itself a view of channels-last memory, as :meth:`CapsNet.capsules`
+        passes it.
+        """
+        y = self.conv.forward_nhwc(F.transpose(h, (0, 2, 3, 1)))  # (B, 6, 6, n_type * dim)
+        B, H, W, _ = y.shape
+        u = F.reshape(y, (B, H * W, self.n_type, self.dim))
+        u = F.reshape(F.transpose(u, (0, 2, 1, 3)), (B, self.n_type * H * W, self.dim))
         return squash(u) if self.squash else u  # (B, 1152, 8)
 
 
@@ -96,23 +145,22 @@ class DigitCapsules(chainer.Link):
 
     def predict_vectors(self, u):
         """Args: u ``(B, I, in_dim)``. Returns: u_hat ``(B, n_class, I, out_dim)``."""
-        B, I, in_dim = u.shape
-        J, D = self.n_class, self.out_dim
         if self.shared:
-            u = F.reshape(u, (B, self.n_type, self.n_cell, in_dim))
-            u = F.reshape(F.transpose(u, (1, 0, 2, 3)), (self.n_type, B * self.n_cell, in_dim))
-            u_hat = F.matmul(u, self.W)  # (n_type, B * n_cell, J * D)
-            u_hat = u_hat + F.broadcast_to(self.b[:, None, :], u_hat.shape)
-            u_hat = F.reshape(u_hat, (self.n_type, B, self.n_cell, J, D))
-            u_hat = F.transpose(u_hat, (1, 3, 0, 2, 4))  # (B, J, n_type, n_cell, D)
-        else:
-            u = F.transpose(u, (1, 0, 2))  # (I, B, in_dim)
-            u_hat = F.reshape(F.matmul(u, self.W), (I, B, J, D))
-            u_hat = F.transpose(u_hat, (1, 2, 0, 3))  # (B, J, I, D)
-        return F.reshape(u_hat, (B, J, I, D))
+            return kernels.prediction_vectors(u, self.W, self.b, self.n_class, self.n_cell)
+        return kernels.prediction_vectors(u, self.W, None, self.n_class)
 
     def forward(self, u):
-        """Args: u ``(B, I, in_dim)``. Returns: v ``(B, n_class, out_dim)``."""
+        """Args: u ``(B, I, in_dim)``. Returns: v ``(B, n_class, out_dim)``.
+
+        Shared maps go through :func:`~capsnet_chainer.kernels.shared_routing`, which
+        never forms ``u_hat``; unshared ones through :meth:`predict_vectors` and
+        :func:`~capsnet_chainer.functions.routing`.
+        """
+        if self.shared:
+            B, _, in_dim = u.shape
+            u = F.reshape(u, (B, self.n_type, self.n_cell, in_dim))
+            return kernels.shared_routing(u, self.W, self.b, self.n_class, self.n_iteration,
+                                          self.grad_all_iterations)
         return routing(self.predict_vectors(u), self.n_iteration, self.grad_all_iterations)
 
 

@@ -5,26 +5,35 @@
 
 import json
 import os
-import tempfile
+import zipfile
+import zlib
 
 import chainer
 import chainer.functions as F
-import chainer.links as L
 import numpy
 
+from capsnet_chainer.fileio import write_atomic
 from capsnet_chainer.functions import capsule_length
 from capsnet_chainer.functions import margin_loss
 from capsnet_chainer.functions import reconstruction_loss
+from capsnet_chainer.links import Convolution2D
 from capsnet_chainer.links import DEFAULT_INITIALW
 from capsnet_chainer.links import Decoder
 from capsnet_chainer.links import DigitCapsules
 from capsnet_chainer.links import PrimaryCapsules
+from capsnet_chainer import reference
 
 #: The key under which a model file stores its configuration (a JSON string).
 CONFIG_KEY = 'capsnet_chainer/config'
 #: The key under which a model file stores free-form metadata (a JSON string).
 META_KEY = 'capsnet_chainer/meta'
 MASK_CHOICES = ('label', 'prediction')
+#: Where a trainer snapshot keeps the model's arrays.
+SNAPSHOT_MODEL_PATH = 'updater/model:main/'
+
+
+class ModelFileError(ValueError):
+    """A model or snapshot file is missing, truncated, corrupt, or not one at all."""
 
 
 class CapsNet(chainer.Chain):
@@ -75,7 +84,7 @@ class CapsNet(chainer.Chain):
         C, H, W = in_shape
         grid = ((H - 8) - 9) // 2 + 1  # conv1 9x9 stride 1, then 9x9 stride 2: 6 for 28
         with self.init_scope():
-            self.conv1 = L.Convolution2D(C, 256, 9, initialW=DEFAULT_INITIALW)
+            self.conv1 = Convolution2D(C, 256, 9, initialW=DEFAULT_INITIALW)
             self.primary = PrimaryCapsules(256, 32, 8, squash=squash_primary)
             self.digits = DigitCapsules(32, grid * grid, 8, n_class, 16,
                                         shared=shared_weights, n_iteration=n_iteration,
@@ -87,11 +96,14 @@ class CapsNet(chainer.Chain):
         return self.config['reconstruct']
 
     def capsules(self, x):
-        """Args: x ``(B, C, H, W)`` in [0, 1]. Returns: v ``(B, n_class, 16)``."""
-        h = self.conv1(x)
-        slope = self.config['leaky_slope']
-        h = F.leaky_relu(h, slope) if slope > 0 else F.relu(h)
-        return self.digits(self.primary(h))
+        """Args: x ``(B, C, H, W)`` in [0, 1]. Returns: v ``(B, n_class, 16)``.
+
+        conv1 and its (leaky) ReLU run as one channels-last kernel; the primary
+        capsules get an NCHW view of its output, so no copy is made between them.
+        """
+        h = self.conv1.forward_nhwc(F.transpose(x, (0, 2, 3, 1)),
+                                    slope=self.config['leaky_slope'])  # (B, 20, 20, 256)
+        return self.digits(self.primary(F.transpose(h, (0, 3, 1, 2))))
 
     def decode(self, v, labels):
         """Reconstructs ``(B, C, H, W)`` images from ``v`` masked by ``labels``."""
@@ -151,44 +163,175 @@ def save_model(model, path, meta=None):
     write_atomic(path, lambda f: numpy.savez_compressed(f, **arrays))
 
 
+#: The configuration assumed for a reference model file: the reference's own network.
+REFERENCE_CONFIG = {'leaky_slope': 0.05, 'n_iteration': 3, 'shared_weights': True,
+                    'squash_primary': False, 'grad_all_iterations': True,
+                    'mask_test': 'label'}
+
+_NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def open_npz(path, what='model file'):
+    """Opens an npz archive, or raises :class:`ModelFileError` saying what is wrong.
+
+    Args:
+        path (str): The file.
+        what (str): How to name the expected file in error messages.
+
+    Returns:
+        numpy.lib.npyio.NpzFile: The open archive (use it as a context manager).
+    """
+    if not os.path.exists(path):
+        raise ModelFileError('{}: no such file'.format(path))
+    if os.path.isdir(path):
+        raise ModelFileError('{} is a folder, not a {}'.format(path, what))
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ModelFileError('{} is empty (0 bytes), not a {}'.format(path, what))
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    try:
+        npz = numpy.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as e:
+        if head == b'PK\x03\x04':
+            raise ModelFileError(
+                '{} is truncated or corrupt: an incomplete npz archive of {} bytes ({})'
+                .format(path, size, e)) from None
+        raise ModelFileError('{} is not a {}: not an npz archive'.format(path, what)) \
+            from None
+    if not isinstance(npz, numpy.lib.npyio.NpzFile):
+        raise ModelFileError('{} is not a {}: a single .npy array, not an npz archive'
+                             .format(path, what))
+    return npz
+
+
+def read_array(npz, path, key):
+    """``npz[key]``, or :class:`ModelFileError` when the member cannot be read."""
+    try:
+        return npz[key]
+    except _NPZ_ERRORS as e:
+        raise ModelFileError('{} is truncated or corrupt: cannot read {} ({}: {})'.format(
+            path, key, type(e).__name__, e)) from None
+
+
+def _read_json(npz, path, key):
+    try:
+        return json.loads(str(read_array(npz, path, key)))
+    except ValueError as e:
+        raise ModelFileError('{} is corrupt: {} is not valid JSON ({})'.format(
+            path, key, e)) from None
+
+
+def inspect_model_file(path, what='model file'):
+    """Recognises a model file without loading its weights.
+
+    Three layouts are recognised: a model written by :func:`save_model` (``train.py
+    --save``), a trainer snapshot written by ``train.py`` (``snapshot_*`` in ``--out``;
+    its model sits under :data:`SNAPSHOT_MODEL_PATH`), and a model saved by the
+    reference implementation, which stores no configuration and orders some arrays
+    differently (see :mod:`capsnet_chainer.reference`).
+
+    Args:
+        path (str): The file.
+        what (str): How to name the expected file in error messages.
+
+    Returns:
+        dict: ``kind`` (``'model'``, ``'snapshot'``, ``'reference'`` or ``None`` for an
+        npz archive of none of these), ``config`` (``None`` when unknown), ``meta``
+        and ``names`` (the archive's array names).
+
+    Raises:
+        ModelFileError: The file is missing, empty, not an npz archive, or truncated.
+    """
+    with open_npz(path, what) as npz:
+        names = list(npz.files)
+        info = {'kind': None, 'config': None, 'meta': {}, 'names': names}
+        if reference.is_reference_layout(names):
+            arrays = {name: read_array(npz, path, name) for name in names}
+            wrong = reference.check_shapes(arrays)
+            if wrong:
+                raise ModelFileError('{} has the reference layout but wrong shapes: {}'
+                                     .format(path, '; '.join(wrong)))
+            trained = reference.decoder_was_trained(arrays)
+            info.update(kind='reference', config=dict(
+                REFERENCE_CONFIG, reconstruct=trained), meta={
+                    'source': 'reference implementation layout (converted on loading)',
+                    'note': 'the file stores no configuration: the reference network is '
+                            'assumed (leaky ReLU 0.05, one prediction map per capsule '
+                            'type, 3 routing iterations); whether it was trained with '
+                            'reconstruction is not recorded: the decoder biases are {}, '
+                            'so it was {}'.format(
+                                'non-zero' if trained else 'all zero',
+                                'trained' if trained else 'never trained')})
+            return info
+        if CONFIG_KEY in names:
+            info['config'] = _read_json(npz, path, CONFIG_KEY)
+        if META_KEY in names:
+            info['meta'] = _read_json(npz, path, META_KEY)
+        if 'updater/iteration' in names and any(
+                n.startswith(SNAPSHOT_MODEL_PATH) for n in names):
+            info['kind'] = 'snapshot'
+            info['meta'] = dict(info['meta'], source='trainer snapshot',
+                                iteration=int(read_array(npz, path, 'updater/iteration')))
+            key = 'updater/iterator:main/epoch'
+            if key in names:
+                info['meta']['epoch'] = int(read_array(npz, path, key))
+        elif info['config'] is not None:
+            info['kind'] = 'model'
+    return info
+
+
 def read_model_file(path):
-    """Returns ``(config, meta)`` stored in a model file, ``config`` None if absent."""
-    with numpy.load(path, allow_pickle=False) as npz:
-        config = json.loads(str(npz[CONFIG_KEY])) if CONFIG_KEY in npz.files else None
-        meta = json.loads(str(npz[META_KEY])) if META_KEY in npz.files else {}
-    return config, meta
+    """Returns ``(config, meta)`` of a model file, ``config`` None if unknown.
+
+    Works on the three layouts of :func:`inspect_model_file`; for a reference model the
+    configuration is the reference network's. Raises :class:`ModelFileError` for a file
+    that is missing, truncated or not an npz archive.
+    """
+    info = inspect_model_file(path)
+    return info['config'], info['meta']
 
 
 def load_model(path):
-    """Rebuilds the network stored at ``path`` by :func:`save_model`.
+    """Rebuilds the network stored at ``path``.
+
+    ``path`` may be a model written by :func:`save_model` (``train.py --save``), a
+    trainer snapshot (``snapshot_*`` in ``train.py --out``), or a model saved by the
+    reference implementation (converted; see :mod:`capsnet_chainer.reference`).
 
     Returns:
         tuple: ``(model, meta)``, the model on the CPU.
+
+    Raises:
+        ModelFileError: The file is missing, truncated, not a model, or its arrays do
+            not fit its configuration. The message is one readable sentence.
     """
-    config, meta = read_model_file(path)
-    if config is None:
-        raise ValueError('{}: no capsnet_chainer configuration in this model file'.format(
-            path))
-    model = CapsNet(**config)
-    chainer.serializers.load_npz(path, model)
-    return model, meta
-
-
-def write_atomic(path, write):
-    """Calls ``write(file)`` on a temporary file beside ``path``, then renames it.
-
-    The temporary file is removed when ``write`` fails, so ``path`` is either the old
-    file or the complete new one.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+    info = inspect_model_file(path)
+    if info['config'] is None:
+        shown = ', '.join(sorted(info['names'])[:8])
+        raise ModelFileError(
+            '{} is an npz archive but not a CapsNet model: it has no capsnet_chainer '
+            'configuration and not the reference implementation\'s layout (its arrays: '
+            '{}{})'.format(path, shown, ', ...' if len(info['names']) > 8 else ''))
     try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        model = CapsNet(**info['config'])
+    except (TypeError, ValueError) as e:
+        raise ModelFileError('{} holds a configuration this version cannot build ({})'
+                             .format(path, e)) from None
+    prefix = SNAPSHOT_MODEL_PATH if info['kind'] == 'snapshot' else ''
+    with open_npz(path, 'model file') as npz:
+        converted = reference.from_reference(npz) if info['kind'] == 'reference' else None
+        for name, param in model.namedparams():
+            key = prefix + name.lstrip('/')
+            if converted is not None:
+                array = converted[key]
+            elif key in info['names']:
+                array = read_array(npz, path, key)
+            else:
+                raise ModelFileError('{} lacks the array {} that its configuration needs'
+                                     .format(path, key))
+            if array.shape != param.shape:
+                raise ModelFileError('{}: array {} has shape {}, its configuration needs {}'
+                                     .format(path, key, array.shape, param.shape))
+            param.array[...] = array
+    return model, info['meta']

@@ -58,7 +58,7 @@ def trained_run(tmp_path_factory, mnist_dir):
     folder = tmp_path_factory.mktemp('trained_run')
     proc = run_train(['--data-dir', mnist_dir, '--n-train', '640', '--n-test', '200',
                       '-b', '32', '-e', '3', '--reconstruct', '--save', 'saved_model',
-                      '-o', 'result'], folder)
+                      '-o', 'result', '--vis-every', '2'], folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {'dir': folder, 'model': str(folder / 'saved_model'),
             'out': str(folder / 'result'), 'stdout': proc.stdout}

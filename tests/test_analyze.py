@@ -57,8 +57,8 @@ def green(rgb):
     return rgb[..., 1] > rgb[..., 2]
 
 
-def assert_one_line_error(proc, text):
-    assert proc.returncode != 0
+def assert_one_line_error(proc, text, returncode=1):
+    assert proc.returncode == returncode
     assert 'Traceback' not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
@@ -177,20 +177,21 @@ def test_paper_perturbation_and_untrained_decoder(untrained_model, mnist_dir, tm
 
 def test_missing_model_file(tmp_path):
     proc = run_analyze(['--load', str(tmp_path / 'nothing')], tmp_path)
-    assert_one_line_error(proc, 'no such model file')
+    assert_one_line_error(proc, 'no such file')
+    assert proc.stderr.startswith('error: --load: ')
     assert not (tmp_path / 'analyze_result').exists()
 
 
 def test_not_a_model_file(tmp_path):
     (tmp_path / 'notes.txt').write_text('not a model')
     proc = run_analyze(['--load', 'notes.txt'], tmp_path)
-    assert_one_line_error(proc, 'not a model file written by train.py')
+    assert_one_line_error(proc, 'not a model file')
 
 
 def test_model_without_configuration(tmp_path):
-    # The reference implementation's files: save_npz of the chain, no configuration.
-    chainer.serializers.save_npz(str(tmp_path / 'reference_model'), CapsNet())
-    proc = run_analyze(['--load', 'reference_model'], tmp_path)
+    # Our arrays written by save_npz alone: neither our layout nor the reference's.
+    chainer.serializers.save_npz(str(tmp_path / 'bare_model'), CapsNet())
+    proc = run_analyze(['--load', 'bare_model'], tmp_path)
     assert_one_line_error(proc, 'no capsnet_chainer configuration')
 
 
@@ -198,6 +199,12 @@ def test_missing_data(untrained_model, tmp_path):
     proc = run_analyze(['--load', untrained_model, '--data-dir', str(tmp_path)], tmp_path)
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     assert 'error: MNIST file(s) not found' in proc.stderr
+
+
+def test_out_is_a_file(untrained_model, tmp_path):
+    (tmp_path / 'out').write_text('')
+    proc = run_analyze(['--load', untrained_model, '-o', 'out'], tmp_path)
+    assert_one_line_error(proc, 'is a file, not a folder', returncode=2)
 
 
 def test_help_names_the_default_out_folder(tmp_path):

@@ -21,6 +21,35 @@ def test_primary_capsules_run_across_filters():
                     u[:, k * 16 + y * 4 + x], conv[:, 8 * k:8 * k + 8, y, x])
 
 
+@pytest.mark.parametrize('kwargs', [{'stride': 2}, {'stride': 1}, {'pad': 1},
+                                    {'nobias': True}])
+def test_convolution_link_matches_chainer(kwargs):
+    """Same parameters, names and results as L.Convolution2D (padded: its own code)."""
+    link = links.Convolution2D(3, 8, 3, **kwargs)
+    ref = chainer.links.Convolution2D(3, 8, 3, **kwargs)
+    ref.copyparams(link)
+    assert [name for name, _ in link.namedparams()] == \
+        [name for name, _ in ref.namedparams()]
+    x = numpy.random.randn(2, 3, 9, 9)
+    link.to_cpu()
+    for p in list(link.params()) + list(ref.params()):
+        p.array = p.array.astype(numpy.float64)
+    y = link(x)
+    numpy.testing.assert_allclose(y.array, ref(x).array, rtol=1e-12, atol=1e-12)
+    params = [link.W] + ([] if kwargs.get('nobias') else [link.b])
+    gradient_check.check_backward(link, x, numpy.random.randn(*y.shape), params,
+                                  dtype=numpy.float64, atol=1e-5, rtol=1e-4)
+
+
+def test_convolution_link_channels_last_with_activation():
+    link = links.Convolution2D(2, 4, 3)
+    x = numpy.random.randn(3, 2, 7, 7).astype(numpy.float32)
+    want = chainer.functions.leaky_relu(chainer.links.Convolution2D.forward(link, x), 0.1)
+    got = link.forward_nhwc(x.transpose((0, 2, 3, 1)), slope=0.1)
+    numpy.testing.assert_allclose(got.array, want.array.transpose((0, 2, 3, 1)),
+                                  rtol=1e-5, atol=1e-6)
+
+
 def test_primary_capsules_squash_option():
     link = links.PrimaryCapsules(in_channels=3, n_type=2, dim=8, ksize=3, squash=True)
     h = numpy.random.randn(2, 3, 7, 7).astype(numpy.float32) * 10

@@ -7,7 +7,7 @@ from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
 from capsnet_chainer import save_model
 from capsnet_chainer.model import read_model_file
-from capsnet_chainer.model import write_atomic
+from capsnet_chainer.fileio import write_atomic
 
 REFERENCE_PARAMS = 6787088   # SPEC: conv1 20,992 + primary 5,308,672 + 46,080 + 1,411,344
 UNSHARED_PARAMS = 8215568    # one 8x160 matrix per primary capsule, no bias (paper: 8.2M)

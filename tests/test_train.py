@@ -96,6 +96,12 @@ def test_short_real_training_learns(trained_run):
         max(e['validation/main/accuracy'] for e in log))
 
 
+def test_vis_every_writes_reconstruction_figures(trained_run):
+    figures = sorted(f for f in os.listdir(trained_run['out'])
+                     if f.startswith('reconstruction_epoch_'))
+    assert figures == ['reconstruction_epoch_2.png']  # --vis-every 2, 3 epochs
+
+
 @pytest.mark.parametrize('flags, message', [
     (['-b', '0'], '--batchsize'),
     (['-e', '-1'], '--epoch'),

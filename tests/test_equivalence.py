@@ -1,0 +1,228 @@
+"""The fast model against a plain implementation of SPEC's equations.
+
+:func:`plain_loss` computes the network the straightforward way, in
+:mod:`chainer.functions` and with no kernel of ours: Chainer's convolution, capsule
+type ``k`` at a grid cell as channels ``8k .. 8k+7``, one ``8 -> 160`` product per
+primary capsule with its type's (or its own) matrix, the routing loop of Procedure 1,
+the decoder. For every switch of :class:`CapsNet` the fast model's outputs, loss and
+the gradients of every parameter and of the input must agree with it: to rounding in
+float64, and to float32 precision in float32.
+"""
+
+import chainer
+import chainer.functions as F
+import numpy
+import pytest
+from chainer import testing
+
+from capsnet_chainer import CapsNet
+from capsnet_chainer import kernels
+
+EPS = 1e-8
+
+
+def plain_squash(s):
+    """``v = s |s| / (1 + |s|^2)`` on the last axis, ``EPS`` inside the norm."""
+    sq = F.sum(s * s, axis=-1, keepdims=True)
+    return s * F.broadcast_to(F.sqrt(sq + EPS) / (1 + sq), s.shape)
+
+
+def plain_routing(u_hat, n_iteration, grad_all_iterations):
+    """Procedure 1: ``b = 0``; ``c = softmax_j(b)``, ``s_j = sum_i c_ij u_hat[j|i]``,
+    ``v_j = squash(s_j)``, ``b_ij += v_j . u_hat[j|i]``. Without ``grad_all_iterations``
+    the coefficients are constants: the gradient flows through the last sum only."""
+    B, J, I, D = u_hat.shape
+    u_fixed = u_hat if grad_all_iterations else chainer.Variable(u_hat.array)
+    b = chainer.Variable(numpy.zeros((B, J, I), u_hat.dtype))
+    for r in range(n_iteration):
+        last = r == n_iteration - 1
+        c = F.softmax(b, axis=1)  # over the digits
+        u = u_hat if last else u_fixed
+        s = F.sum(F.broadcast_to(c[:, :, :, None], u.shape) * u, axis=2)  # (B, J, D)
+        v = plain_squash(s)
+        if not last:
+            v_agree = v if grad_all_iterations else chainer.Variable(v.array)
+            b = b + F.sum(u_fixed * F.broadcast_to(v_agree[:, :, None, :], u.shape), axis=3)
+    return v
+
+
+def plain_capsules(model, x):
+    """conv1, (leaky) ReLU, primary capsules, predictions and routing, from SPEC."""
+    cfg = model.config
+    h = F.convolution_2d(x, model.conv1.W, model.conv1.b)
+    h = F.relu(h) if cfg['leaky_slope'] == 0 else F.leaky_relu(h, cfg['leaky_slope'])
+    h = F.convolution_2d(h, model.primary.conv.W, model.primary.conv.b, stride=2)
+    B, C, H, W = h.shape  # (B, 256, 6, 6)
+    # Capsule k at cell (y, x) is channels 8k..8k+7 there; i = k * 36 + y * 6 + x.
+    u = F.reshape(F.transpose(F.reshape(h, (B, 32, 8, H * W)), (0, 1, 3, 2)),
+                  (B, 32 * H * W, 8))
+    if cfg['squash_primary']:
+        u = plain_squash(u)
+    # u_hat[b, j, i, d] = (u_i W_map(i) + b_map(i))[j * 16 + d]: the map of capsule i
+    # is its type's (shared, with a bias) or its own.
+    I, J = u.shape[1], cfg['n_class']
+    maps = numpy.arange(I) // (H * W) if cfg['shared_weights'] else numpy.arange(I)
+    u_hat = F.matmul(F.transpose(u, (1, 0, 2)), model.digits.W[maps])  # (I, B, J * 16)
+    if cfg['shared_weights']:
+        u_hat = u_hat + F.broadcast_to(model.digits.b[maps][:, None, :], u_hat.shape)
+    u_hat = F.transpose(F.reshape(u_hat, (I, B, J, 16)), (1, 2, 0, 3))  # (B, J, I, 16)
+    return plain_routing(u_hat, cfg['n_iteration'], cfg['grad_all_iterations'])
+
+
+def plain_loss(model, x, t):
+    """Margin loss (+ 0.0005 x summed squared reconstruction error), mean over the batch.
+    Returns ``(loss, v)``."""
+    cfg = model.config
+    v = plain_capsules(model, x)
+    B, J, D = v.shape
+    lengths = F.sqrt(F.sum(v * v, axis=2) + EPS)
+    present = numpy.eye(J, dtype=v.dtype)[t]
+    loss = F.sum(present * F.relu(0.9 - lengths) ** 2
+                 + 0.5 * (1 - present) * F.relu(lengths - 0.1) ** 2) / B
+    if cfg['reconstruct']:
+        labels = t
+        if not chainer.config.train and cfg['mask_test'] == 'prediction':
+            labels = lengths.array.argmax(axis=1)
+        keep = numpy.eye(J, dtype=v.dtype)[labels]
+        h = F.reshape(v * F.broadcast_to(keep[:, :, None], v.shape), (B, J * D))
+        dec = model.decoder
+        h = F.relu(F.linear(h, dec.fc1.W, dec.fc1.b))
+        h = F.relu(F.linear(h, dec.fc2.W, dec.fc2.b))
+        x_rec = F.reshape(F.sigmoid(F.linear(h, dec.fc3.W, dec.fc3.b)), x.shape)
+        loss = loss + cfg['recon_weight'] * F.sum((x_rec - x) ** 2) / B
+    return loss, v
+
+
+SWITCHES = [
+    {},
+    {'reconstruct': True},
+    {'reconstruct': True, 'shared_weights': False},
+    {'leaky_slope': 0.0},
+    {'squash_primary': True},
+    {'n_iteration': 1},
+    {'n_iteration': 2, 'grad_all_iterations': False},
+    {'grad_all_iterations': False},
+    {'grad_all_iterations': False, 'shared_weights': False},
+    {'shared_weights': False, 'leaky_slope': 0.0, 'squash_primary': True},
+]
+
+
+def make_model(kwargs, dtype, seed=0):
+    """A model with random weights and non-zero biases, in ``dtype``."""
+    numpy.random.seed(seed)
+    model = CapsNet(**kwargs)
+    for name, param in model.namedparams():
+        if name.endswith('/b'):
+            param.array[...] = numpy.random.uniform(-0.05, 0.05, param.shape)
+    if dtype != numpy.float32:
+        for param in model.params():
+            param.array = param.array.astype(dtype)
+    return model
+
+
+def run(model, loss_fn, x, t):
+    """Loss, capsules and the gradients of every parameter and of ``x``."""
+    model.cleargrads()
+    xv = chainer.Variable(x.copy())
+    loss, v = loss_fn(model, xv, t)
+    loss.backward()
+    grads = {name: p.grad.copy() for name, p in model.namedparams()
+             if p.grad is not None}
+    grads['x'] = xv.grad
+    return float(loss.array), v.array, grads
+
+
+def fast_loss(model, x, t):
+    with chainer.no_backprop_mode():
+        v = model.capsules(x)
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', model)
+    with reporter.scope({}):
+        loss = model(x, t)
+    return loss, v
+
+
+#: Relative tolerance, and absolute tolerance as a fraction of the largest value.
+TOLERANCES = {numpy.float64: (1e-8, 1e-10), numpy.float32: (2e-3, 1e-4)}
+
+
+def assert_close(got, want, dtype, what):
+    rtol, atol = TOLERANCES[dtype]
+    scale = float(numpy.abs(want).max()) or 1.0
+    numpy.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale, err_msg=what)
+
+
+CASES = ([(kwargs, numpy.float64) for kwargs in SWITCHES]
+         + [({'reconstruct': True}, numpy.float32),
+            ({'reconstruct': True, 'shared_weights': False}, numpy.float32)])
+
+
+def case_id(case):
+    kwargs, dtype = case
+    return '{}-{}'.format(','.join('{}={}'.format(a, b) for a, b in sorted(kwargs.items()))
+                          or 'reference', dtype.__name__)
+
+
+@pytest.mark.parametrize('kwargs, dtype', CASES, ids=[case_id(c) for c in CASES])
+def test_fast_model_equals_plain_equations(kwargs, dtype):
+    model = make_model(kwargs, dtype)
+    x = numpy.random.rand(2, 1, 28, 28).astype(dtype)
+    t = numpy.array([3, 7], numpy.int32)
+    loss, v, grads = run(model, fast_loss, x, t)
+    loss_ref, v_ref, grads_ref = run(model, plain_loss, x, t)
+    assert v.dtype == dtype and grads['x'].dtype == dtype
+    assert_close(v, v_ref, dtype, 'capsules')
+    assert loss == pytest.approx(loss_ref, rel=1e-9 if dtype == numpy.float64 else 1e-5)
+    expected = {name for name, _ in model.namedparams()
+                if kwargs.get('reconstruct') or not name.startswith('/decoder/')}
+    assert set(grads) == set(grads_ref) == expected | {'x'}
+    for name in grads_ref:
+        assert_close(grads[name], grads_ref[name], dtype, name)
+
+
+@pytest.mark.parametrize('kwargs', [{}])
+def test_fast_model_equals_plain_in_small_pieces(kwargs, monkeypatch):
+    """The convolutions cut into one image and one kernel row at a time."""
+    monkeypatch.setattr(kernels, 'WORKSPACE_BYTES', 1)
+    monkeypatch.setattr(kernels, 'CACHE_BYTES', 1)
+    model = make_model(dict(kwargs, reconstruct=True), numpy.float64)
+    x = numpy.random.rand(2, 1, 28, 28)
+    t = numpy.array([1, 2], numpy.int32)
+    loss, v, grads = run(model, fast_loss, x, t)
+    loss_ref, v_ref, grads_ref = run(model, plain_loss, x, t)
+    assert_close(v, v_ref, numpy.float64, 'capsules')
+    for name in grads_ref:
+        assert_close(grads[name], grads_ref[name], numpy.float64, name)
+
+
+@pytest.mark.parametrize('mask_test', ['label', 'prediction'])
+def test_test_time_loss_equals_plain(mask_test):
+    model = make_model({'reconstruct': True, 'mask_test': mask_test}, numpy.float64)
+    x = numpy.random.rand(3, 1, 28, 28)
+    t = numpy.array([1, 2, 3], numpy.int32)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        loss, v = fast_loss(model, x, t)
+        loss_ref, v_ref = plain_loss(model, x, t)
+        scores = model.predict(x)
+    assert float(loss.array) == pytest.approx(float(loss_ref.array), rel=1e-9)
+    assert_close(v.array, v_ref.array, numpy.float64, 'capsules')
+    numpy.testing.assert_allclose(scores, numpy.sqrt((v_ref.array ** 2).sum(axis=2) + EPS),
+                                  rtol=1e-9)
+
+
+def test_plain_implementation_is_the_spec():
+    """The plain routing agrees with a per-example loop of Procedure 1 in NumPy."""
+    u_hat = numpy.random.randn(2, 3, 4, 5) * 0.5
+    v = plain_routing(chainer.Variable(u_hat), 3, True).array
+    for n in range(2):
+        b = numpy.zeros((3, 4))
+        for r in range(3):
+            c = numpy.exp(b) / numpy.exp(b).sum(axis=0)
+            s = numpy.einsum('ji,jid->jd', c, u_hat[n])
+            norm = numpy.sqrt((s * s).sum(axis=1, keepdims=True))
+            v_n = s * norm / (1 + norm ** 2)
+            b = b + numpy.einsum('jid,jd->ji', u_hat[n], v_n)
+        numpy.testing.assert_allclose(v[n], v_n, rtol=1e-6)
+
+
+testing.run_module(__name__, __file__)
