@@ -35,19 +35,11 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(
         description='Figures and test-set metrics of a CapsNet model written by train.py',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--gpu', '-g', type=int, default=-1,
-                        help='GPU id (negative: CPU)')
-    parser.add_argument('--device', default=None,
-                        help='Chainer device specifier (e.g. @cupy:0, @numpy); '
-                             'overrides --gpu')
     parser.add_argument('--load', required=True,
                         help='model written by train.py --save (also: a train.py '
                              'snapshot, or a model saved by the reference implementation)')
     parser.add_argument('--out', '-o', default='analyze_result',
                         help='folder for the figures and metrics.json')
-    parser.add_argument('--data-dir', default=None,
-                        help='folder with the four MNIST IDX .gz files (default: the '
-                             'cache under $CHAINER_DATASET_ROOT, filled from mirrors)')
     parser.add_argument('--n-test', type=positive_int, default=None,
                         help='score only the first N test images (None: all 10,000); '
                              'the sample figures always use the full test set')
@@ -60,8 +52,7 @@ def parse_args(argv=None):
                         help='misclassified test images to show in misclassified.png')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=figures.BATCHSIZE,
                         help='images per forward pass when scoring')
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error')
+    cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
     try:
         cli.check_output_folder(args.out, '--out')

@@ -40,11 +40,6 @@ def parse_args(argv=None):
     parser.add_argument('--decay', '-d', type=finite_float, default=0.95,
                         help='learning-rate decay factor per epoch (or per --decay-every)')
     parser.add_argument('--epoch', '-e', type=positive_int, default=500)
-    parser.add_argument('--gpu', '-g', type=int, default=-1,
-                        help='GPU id (negative: CPU)')
-    parser.add_argument('--device', default=None,
-                        help='Chainer device specifier (e.g. @cupy:0, @numpy); '
-                             'overrides --gpu')
     parser.add_argument('--seed', '-s', type=int, default=789)
     parser.add_argument('--reconstruct', '--recon', action='store_true',
                         help='add the decoder\'s reconstruction loss')
@@ -63,11 +58,6 @@ def parse_args(argv=None):
     parser.add_argument('--vis-every', type=non_negative_int, default=0,
                         help='every N epochs, write the reconstructions of the first two '
                              'test images of each digit into --out (0: never)')
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error')
-    parser.add_argument('--data-dir', default=None,
-                        help='folder with the four MNIST IDX .gz files (default: the '
-                             'cache under $CHAINER_DATASET_ROOT, filled from mirrors)')
     parser.add_argument('--n-train', type=positive_int, default=None,
                         help='use the first N training images')
     parser.add_argument('--n-test', type=positive_int, default=None,
@@ -100,6 +90,7 @@ def parse_args(argv=None):
                           help='largest shift in pixels')
     variants.add_argument('--mask-test', choices=('label', 'prediction'), default='label',
                           help='decoder mask at test time: true label or prediction')
+    cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.leaky_slope < 0:
         parser.error('--leaky-slope must be >= 0, got {}'.format(args.leaky_slope))

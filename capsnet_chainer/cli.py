@@ -54,6 +54,21 @@ class ArgumentParser(argparse.ArgumentParser):
 # Flag types
 
 
+def add_common_arguments(parser):
+    """Adds the flags ``train.py`` and ``analyze.py`` share: ``--gpu/-g``, ``--device``,
+    ``--data-dir`` and ``--debug``."""
+    parser.add_argument('--gpu', '-g', type=int, default=-1,
+                        help='GPU id (negative: CPU)')
+    parser.add_argument('--device', default=None,
+                        help='Chainer device specifier (e.g. @cupy:0, @numpy); '
+                             'overrides --gpu')
+    parser.add_argument('--data-dir', default=None,
+                        help='folder with the four MNIST IDX .gz files (default: the '
+                             'cache under $CHAINER_DATASET_ROOT, filled from mirrors)')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error')
+
+
 def positive_int(text):
     value = int(text)
     if value <= 0:

@@ -31,6 +31,7 @@ import numpy
 
 from capsnet_chainer import compat  # noqa: F401  (restores numpy.sctypes for chainer)
 from capsnet_chainer.fileio import write_atomic
+from capsnet_chainer.random_state import serialize_random_state
 
 import chainer
 
@@ -642,11 +643,4 @@ class RandomShift(chainer.dataset.Converter):
 
     def serialize(self, serializer):
         """Saves or restores the full state of the random number generator."""
-        _, keys, pos, has_gauss, cached_gaussian = self.random_state.get_state()
-        keys = serializer('rng_keys', keys.copy())
-        pos = serializer('rng_pos', int(pos))
-        has_gauss = serializer('rng_has_gauss', int(has_gauss))
-        cached_gaussian = serializer('rng_cached_gaussian', float(cached_gaussian))
-        self.random_state.set_state((
-            'MT19937', numpy.asarray(keys, dtype=numpy.uint32), int(pos), int(has_gauss),
-            float(cached_gaussian)))
+        serialize_random_state(serializer, self.random_state)

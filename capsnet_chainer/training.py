@@ -33,6 +33,8 @@ from capsnet_chainer.model import open_npz
 from capsnet_chainer.model import read_array
 from capsnet_chainer.model import save_model
 from capsnet_chainer.fileio import write_atomic
+from capsnet_chainer.random_state import serialize_python_random
+from capsnet_chainer.random_state import serialize_random_state
 
 SNAPSHOT_PREFIX = 'snapshot_'
 #: Snapshot names: at the end of an epoch, and every ``--snapshot-every`` iterations.
@@ -78,32 +80,6 @@ def set_random_seed(seed, device=None):
     numpy.random.seed(seed)
     if device is not None and device.xp is not numpy:
         device.xp.random.seed(seed)
-
-
-def serialize_random_state(serializer, rng):
-    """Saves or restores the full state of ``rng``.
-
-    Args:
-        rng: A :class:`numpy.random.RandomState`, or the :mod:`numpy.random` module
-            (its global generator).
-    """
-    kind, keys, pos, has_gauss, gauss = rng.get_state()
-    keys = serializer('keys', keys)
-    pos = serializer('pos', pos)
-    has_gauss = serializer('has_gauss', has_gauss)
-    gauss = serializer('gauss', gauss)
-    rng.set_state((kind, numpy.asarray(keys, numpy.uint32), int(pos), int(has_gauss),
-                   float(gauss)))
-
-
-def serialize_python_random(serializer):
-    """Saves or restores the state of Python's global :mod:`random` generator."""
-    version, internal, gauss = random.getstate()
-    internal = serializer('internal', numpy.asarray(internal, numpy.int64))
-    has_gauss = serializer('has_gauss', int(gauss is not None))
-    gauss = serializer('gauss', float(gauss or 0.0))
-    random.setstate((version, tuple(int(v) for v in internal),
-                     float(gauss) if has_gauss else None))
 
 
 class SeededShuffleIterator(SerialIterator):
