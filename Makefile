@@ -1,23 +1,29 @@
-# Set-up and entry points. `make test` and `make train` build .venv on first use.
+# Set-up and entry points. `make train`, `make analyze` and `make test` build the
+# virtual environment on first use: PYTHON picks the interpreter (3.11 to 3.13), VENV
+# its folder, e.g. `make test PYTHON=python3.12 VENV=.venv-3.12`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?= --save saved_model --reconstruct
+MODEL ?= saved_model
 
 .PHONY: venv train analyze test bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt constraints.txt
+# The pinned dependencies, then this package (editable) from pyproject.toml. Chainer's
+# source build needs setuptools<81: constraints.txt holds it there.
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q -r requirements.txt
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q \
+		--disable-pip-version-check -r requirements.txt -e .
 	touch $@
 
 train: venv
 	$(PY) train.py $(ARGS)
 
 analyze: venv
-	$(PY) analyze.py --load saved_model $(ANALYZE_ARGS)
+	$(PY) analyze.py --load $(MODEL) $(ANALYZE_ARGS)
 
 test: venv
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)

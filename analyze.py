@@ -96,7 +96,7 @@ def analyze(argv=None):
     args = parse_args(argv)
     print(json.dumps(vars(args), indent=2))
     device = cli.get_device(args.gpu, args.device)
-    print('Device: {}'.format(device))
+    print('Device: {}'.format(cli.describe_device(device)))
 
     # Load the model
     model, meta = load(args.load)
@@ -105,6 +105,8 @@ def analyze(argv=None):
         args.load, sha256[:12], meta.get('epoch', '?'),
         meta.get('validation/main/accuracy', '?')))
     print('# configuration: {}'.format(json.dumps(model.config)))
+    if meta.get('selection'):
+        print('# chosen by: {}'.format(meta['selection']['rule']))
     if meta.get('note'):
         print('# note: {}'.format(meta['note']))
     if not model.reconstruct:
@@ -149,6 +151,7 @@ def analyze(argv=None):
                        'augmentation': 'none', 'batchsize': args.batchsize,
                        'data_dir': args.data_dir, 'device': str(device)},
         'config': model.config,
+        'selection': meta.get('selection', {'rule': 'not recorded in the model file'}),
         'source': {'path': os.path.abspath(args.load), 'sha256': sha256, 'meta': meta},
         'misclassified': [
             {'index': int(i), 'true': int(t[i]), 'pred': int(scores[i].argmax()),

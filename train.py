@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use('Agg')
 
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
+import chainer  # noqa: E402
 import filelock  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
@@ -30,6 +31,7 @@ from capsnet_chainer.model import CapsNet  # noqa: E402
 from capsnet_chainer.model import inspect_model_file  # noqa: E402
 from capsnet_chainer.model import ModelFileError  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
+from capsnet_chainer.provenance import provenance  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,7 +46,13 @@ def parse_args(argv=None):
     parser.add_argument('--reconstruct', '--recon', action='store_true',
                         help='add the decoder\'s reconstruction loss')
     parser.add_argument('--save', default=None,
-                        help='where to write the best model (by test accuracy)')
+                        help='where to write the best model (by test accuracy, or by '
+                             'held-out accuracy with --validation)')
+    parser.add_argument('--validation', type=non_negative_int, default=0, metavar='N',
+                        help='hold out the last N training images (not trained on), '
+                             'evaluate them every epoch and keep the model that is best '
+                             'on them; the test set is then scored for the report only '
+                             '(0: the reference\'s rule, best test accuracy)')
     parser.add_argument('--out', '-o', default='result',
                         help='folder for snapshots, log and plots')
     parser.add_argument('--resume', '-r', nargs='?', const='auto', default=None,
@@ -146,6 +154,31 @@ def find_resume_snapshot(args, settings):
     return path
 
 
+def split_heldout(train, args):
+    """``(train, heldout)``: the last ``--validation`` images held out (``None``: none).
+
+    Refuses a split that leaves fewer training images than one batch: an epoch would
+    then be a fraction of an iteration, and the log would count epochs that were never
+    asked for.
+    """
+    n_train = len(train) - args.validation
+    subset = ' (--n-train {})'.format(args.n_train) if args.n_train else ''
+    if n_train <= 0:
+        raise cli.CLIError('--validation {} holds out all {} training images{}; choose a '
+                           'smaller --validation'.format(args.validation, len(train), subset),
+                           cli.EXIT_USAGE)
+    if args.batchsize > n_train:
+        kept = (' after --validation {} holds out {}'.format(args.validation, args.validation)
+                if args.validation else '')
+        raise cli.CLIError(
+            '--batchsize {} exceeds the {} training images{}{}: one batch would take '
+            'every image more than once. Choose --batchsize {} or less'.format(
+                args.batchsize, n_train, subset, kept, n_train), cli.EXIT_USAGE)
+    if not args.validation:
+        return train, None
+    return chainer.datasets.split_dataset(train, n_train)
+
+
 def check_save_target(path):
     """Refuses a --save path that holds something other than a model."""
     if not path or not os.path.isfile(path):
@@ -163,7 +196,7 @@ def train(argv=None):
     args = parse_args(argv)
     print(json.dumps(vars(args), indent=2))
     device = cli.get_device(args.gpu, args.device)
-    print('Device: {}'.format(device))
+    print('Device: {}'.format(cli.describe_device(device)))
     print('# Minibatch-size: {}'.format(args.batchsize))
     print('# epoch: {}'.format(args.epoch))
 
@@ -180,6 +213,7 @@ def train(argv=None):
     except ValueError as e:  # --n-train or --n-test larger than the data
         raise cli.CLIError(str(e).replace('n_train=', '--n-train ').replace(
             'n_test=', '--n-test '), cli.EXIT_USAGE) from None
+    train, heldout = split_heldout(train, args)
 
     # Set up a model
     capsnet_training.set_random_seed(args.seed, device)
@@ -192,8 +226,13 @@ def train(argv=None):
     converter = RandomShift(args.max_shift, per_image=args.shift_per_image, seed=args.seed)
     run_args = {k: v for k, v in vars(args).items()
                 if k not in ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')}
+    meta = {'train_args': run_args, 'dataset': 'mnist', 'train_images': len(train),
+            'heldout_images': len(heldout) if heldout is not None else 0,
+            'test_images': len(test), 'provenance': provenance(device)}
     trainer = capsnet_training.build_trainer(model, train, test, device, args, converter,
-                                             meta={'train_args': run_args})
+                                             meta=meta, heldout=heldout)
+    print('# model selection: {}'.format(capsnet_training.selection_rule(
+        args.validation)[1]))
     if args.vis_every:
         if not args.reconstruct:
             print('warning: --vis-every without --reconstruct: the decoder is not trained, '

@@ -141,6 +141,29 @@ def get_device(gpu=-1, device=None):
             flag, type(e).__name__, e)) from None
 
 
+def describe_device(device):
+    """One line naming ``device``; for a GPU, its name and CuPy, and whether cuDNN is used.
+
+    CuPy 14 has no cuDNN: Chainer then runs convolutions through im2col and a matrix
+    product, which is expected (see :mod:`capsnet_chainer.compat`), so this says so
+    once instead of Chainer's warning.
+    """
+    xp = getattr(device, 'xp', None)
+    from chainer.backends import cuda
+    if not cuda.available or xp is not cuda.cupy:
+        return str(device)
+    cupy = cuda.cupy
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(device.device.id)
+        name = props['name']
+        name = name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # an unusual driver: the name is only for the user's eyes
+        name = 'GPU'
+    conv = ('cuDNN' if cuda.cudnn_enabled
+            else 'no cuDNN in this CuPy: convolutions run as im2col + matrix products')
+    return '{} ({}, CuPy {}; {})'.format(device, name, cupy.__version__, conv)
+
+
 # Files
 
 
@@ -192,6 +215,10 @@ def run(main, argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = '--debug' in argv
+    # Line by line even into a file or a pipe, so that the console log of a run that is
+    # killed ends with its last line.
+    if hasattr(sys.stdout, 'reconfigure'):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         main(argv)
     except KeyboardInterrupt:

@@ -33,10 +33,15 @@ from capsnet_chainer.model import open_npz
 from capsnet_chainer.model import read_array
 from capsnet_chainer.model import save_model
 from capsnet_chainer.fileio import write_atomic
+from capsnet_chainer.provenance import utc_now
 from capsnet_chainer.random_state import serialize_python_random
 from capsnet_chainer.random_state import serialize_random_state
 
 SNAPSHOT_PREFIX = 'snapshot_'
+#: The test set's accuracy in the log (Chainer's Evaluator reports as 'validation').
+TEST_ACCURACY = 'validation/main/accuracy'
+#: The accuracy on the images held out of training by ``--validation``.
+HELDOUT_ACCURACY = 'heldout/main/accuracy'
 #: Snapshot names: at the end of an epoch, and every ``--snapshot-every`` iterations.
 EPOCH_SNAPSHOT = 'snapshot_epoch_{}'
 ITERATION_SNAPSHOT = 'snapshot_iter_{}'
@@ -197,7 +202,10 @@ class EpochLimit(object):
 class BestModelSaver(training.Extension):
     """Tracks the best ``key`` so far and writes the model to ``path`` at each new best.
 
-    The best score is part of the snapshot, so a resumed run keeps it.
+    The best score is part of the snapshot, so a resumed run keeps it. The model file's
+    metadata gets ``meta``, the epoch, the time, the ``key`` value and, for each entry of
+    ``sizes`` (``{reported key: examples}``), that accuracy and, where the number of
+    examples is given (not ``None``), its count of correct answers (``<key>_correct``).
 
     Args:
         model (CapsNet): The model to write.
@@ -205,16 +213,18 @@ class BestModelSaver(training.Extension):
             only tracks the score.
         key (str): The reported value to maximise.
         meta (dict): Provenance written with the model.
+        sizes (dict): Accuracy keys to record beside ``key``, with their example counts.
     """
 
     trigger = (1, 'epoch')
     priority = training.PRIORITY_READER
 
-    def __init__(self, model, path, key='validation/main/accuracy', meta=None):
+    def __init__(self, model, path, key=TEST_ACCURACY, meta=None, sizes=None):
         self.model = model
         self.path = path
         self.key = key
         self.meta = dict(meta or {})
+        self.sizes = dict(sizes or {})
         self.best = -numpy.inf
 
     def __call__(self, trainer):
@@ -226,7 +236,15 @@ class BestModelSaver(training.Extension):
             self.best = value
             if self.path:
                 meta = dict(self.meta, epoch=trainer.updater.epoch,
-                            iteration=trainer.updater.iteration, **{self.key: value})
+                            iteration=trainer.updater.iteration, saved=utc_now(),
+                            **{self.key: value})
+                for key, size in self.sizes.items():
+                    if key in trainer.observation:
+                        observed = trainer.observation[key]
+                        accuracy = _to_float(getattr(observed, 'array', observed))
+                        meta[key] = accuracy
+                        if size:
+                            meta[key + '_correct'] = int(round(accuracy * size))
                 try:
                     save_model(self.model, self.path, meta)
                 except OSError as e:
@@ -542,7 +560,17 @@ def load_snapshot(path, trainer):
 # The trainer
 
 
-def build_trainer(model, train, test, device, args, converter, meta=None):
+def selection_rule(n_heldout=0):
+    """How ``--save`` picks its model: ``(reported key, description)``."""
+    if n_heldout:
+        return HELDOUT_ACCURACY, (
+            'best accuracy on the last {} training images, held out of training '
+            '(--validation {}); the test set is scored for the report only'.format(
+                n_heldout, n_heldout))
+    return TEST_ACCURACY, 'best test accuracy (the reference implementation\'s rule)'
+
+
+def build_trainer(model, train, test, device, args, converter, meta=None, heldout=None):
     """Assembles the :class:`~chainer.training.Trainer` the way Chainer's examples do.
 
     Args:
@@ -554,6 +582,9 @@ def build_trainer(model, train, test, device, args, converter, meta=None):
             ``test_batchsize`` and optionally ``snapshot_every``.
         converter: Training batch converter (the shift augmentation).
         meta (dict): Provenance stored with the best model.
+        heldout: Images held out of ``train`` (``--validation``), or ``None``. When
+            given, they are evaluated every epoch (``heldout/main/...``) and choose the
+            best model; the test set is then scored for the report only.
     """
     # Triggers
     epoch_trigger = (1, 'epoch')
@@ -573,9 +604,22 @@ def build_trainer(model, train, test, device, args, converter, meta=None):
     trainer = training.Trainer(updater, EpochLimit(args.epoch), out=args.out)
 
     trainer.extend(extensions.Evaluator(test_iter, model, device=device))
+    # The Evaluator averages batch means: a count of correct answers follows from it
+    # only when all batches have one size.
+    sizes = {TEST_ACCURACY: len(test)}
+    if heldout is not None:
+        heldout_iter = SerialIterator(heldout, args.test_batchsize, repeat=False,
+                                      shuffle=False)
+        trainer.extend(extensions.Evaluator(heldout_iter, model, device=device),
+                       name='heldout')
+        sizes[HELDOUT_ACCURACY] = len(heldout)
+    bs = args.test_batchsize
+    sizes = {k: n if n % bs == 0 or n < bs else None for k, n in sizes.items()}
     trainer.extend(extensions.ExponentialShift('alpha', args.decay, target=args.min_alpha),
                    trigger=decay_trigger)
-    trainer.extend(BestModelSaver(model, args.save, meta=meta))
+    key, rule = selection_rule(len(heldout) if heldout is not None else 0)
+    meta = dict(meta or {}, selection={'key': key, 'rule': rule})
+    trainer.extend(BestModelSaver(model, args.save, key=key, meta=meta, sizes=sizes))
     trainer.extend(Snapshot(getattr(args, 'snapshot_every', 0), args.keep,
                             run_settings(args)))
     trainer.extend(extensions.observe_value('alpha', lambda t: optimizer.alpha),
@@ -586,11 +630,13 @@ def build_trainer(model, train, test, device, args, converter, meta=None):
     if model.reconstruct:
         losses += ['main/loss/margin', 'main/loss/recon',
                    'validation/main/loss/margin', 'validation/main/loss/recon']
+    accuracies = ['main/accuracy', TEST_ACCURACY]
+    if heldout is not None:
+        losses.append('heldout/main/loss')
+        accuracies.append(HELDOUT_ACCURACY)
     trainer.extend(LogPlot(losses, 'loss.png'), name='LossPlot')
-    trainer.extend(LogPlot(['main/accuracy', 'validation/main/accuracy'], 'accuracy.png'),
-                   name='AccuracyPlot')
+    trainer.extend(LogPlot(accuracies, 'accuracy.png'), name='AccuracyPlot')
     trainer.extend(extensions.PrintReport(
-        ['epoch'] + losses
-        + ['main/accuracy', 'validation/main/accuracy', 'alpha', 'elapsed_time']))
+        ['epoch'] + losses + accuracies + ['alpha', 'elapsed_time']))
     trainer.extend(extensions.ProgressBar(update_interval=10))
     return trainer

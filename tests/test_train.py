@@ -126,6 +126,66 @@ def test_missing_data_dir_files_are_reported(tmp_path):
     assert 'train-images-idx3-ubyte.gz' in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_validation_holds_out_the_last_images_and_chooses_the_model(tmp_path, mnist_dir):
+    # 96 images: the first 64 are trained on, the last 32 held out; batch 32 gives 2
+    # iterations per epoch only if the held-out images are really left out.
+    proc = run_train(['--data-dir', mnist_dir, '--n-train', '96', '--n-test', '100', '-b',
+                      '32', '-e', '2', '--validation', '32', '--test-batchsize', '16',
+                      '--save', 'best', '--reconstruct'], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '# model selection: best accuracy on the last 32 training images' in proc.stdout
+    log = read_log(str(tmp_path / 'result'))
+    assert [e['iteration'] for e in log] == [2, 4]
+    assert all('heldout/main/accuracy' in e and 'validation/main/accuracy' in e
+               for e in log)
+    model, meta = load_model(str(tmp_path / 'best'))
+    assert meta['selection']['key'] == 'heldout/main/accuracy'
+    assert (meta['train_images'], meta['heldout_images'], meta['test_images']) == \
+        (64, 32, 100)
+    chosen = max(log, key=lambda e: e['heldout/main/accuracy'])  # the first best wins
+    assert meta['epoch'] == chosen['epoch']
+    assert meta['heldout/main/accuracy'] == pytest.approx(chosen['heldout/main/accuracy'])
+    assert meta['validation/main/accuracy'] == pytest.approx(
+        chosen['validation/main/accuracy'])
+    # Correct answers are recorded where the batches are full: 32 = 2 x 16, 100 is not.
+    assert meta['heldout/main/accuracy_correct'] == round(32 * chosen['heldout/main/accuracy'])
+    assert 'validation/main/accuracy_correct' not in meta
+
+
+def test_model_file_records_its_provenance(tiny_runs):
+    import capsnet_chainer.provenance as prov
+    _, meta = load_model(str(tiny_runs['straight'] / 'best'))
+    assert meta['selection']['key'] == 'validation/main/accuracy'
+    assert 'reference' in meta['selection']['rule']
+    assert meta['provenance']['versions'] == prov.versions()
+    assert meta['provenance']['device'] == '@numpy'
+    assert meta['provenance']['command'].startswith('train.py ')
+    assert meta['provenance']['commit'] == prov.git_commit()
+    assert meta['saved'].endswith('+00:00') and meta['train_args']['seed'] == 789
+    assert meta['validation/main/accuracy_correct'] == round(
+        32 * meta['validation/main/accuracy'])
+
+
+def test_git_commit_is_none_outside_a_checkout(tmp_path):
+    import capsnet_chainer.provenance as prov
+    assert prov.git_commit(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--n-train', '64'], '--batchsize 256 exceeds the 64 training images (--n-train 64)'),
+    (['--n-train', '64', '-b', '32', '--validation', '40'],
+     '--batchsize 32 exceeds the 24 training images (--n-train 64) after --validation 40'),
+    (['--n-train', '64', '--validation', '64'],
+     '--validation 64 holds out all 64 training images'),
+])
+def test_a_training_set_smaller_than_a_batch_is_refused(tmp_path, mnist_dir, flags,
+                                                       message):
+    proc = run_train(['--data-dir', mnist_dir, '-e', '1'] + flags, tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert message in proc.stderr and 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'result').exists()
+
+
 def test_public_api_step_on_real_digits(mnist_dir):
     from capsnet_chainer import CapsNet
     from capsnet_chainer.datasets import get_mnist
