@@ -119,7 +119,8 @@ def analyze(argv=None):
     device.use()
 
     # Load the data
-    _, test = get_mnist(data_dir=args.data_dir)  # a DatasetError is one line in cli.run
+    # A DatasetError is one line in cli.run
+    _, test = get_mnist(data_dir=args.data_dir, data_dir_name='--data-dir')
     x, t = chainer.dataset.concat_examples(test[:])
     n_test = args.n_test or len(t)
     if n_test > len(t):

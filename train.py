@@ -209,7 +209,7 @@ def train(argv=None):
     # Load the data
     try:
         train, test = get_mnist(data_dir=args.data_dir, n_train=args.n_train,
-                                n_test=args.n_test)
+                                n_test=args.n_test, data_dir_name='--data-dir')
     except ValueError as e:  # --n-train or --n-test larger than the data
         raise cli.CLIError(str(e).replace('n_train=', '--n-train ').replace(
             'n_test=', '--n-test '), cli.EXIT_USAGE) from None

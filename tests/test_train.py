@@ -124,6 +124,7 @@ def test_missing_data_dir_files_are_reported(tmp_path):
     proc = run_train(['--data-dir', str(tmp_path), '-e', '1'], tmp_path, timeout=120)
     assert proc.returncode != 0
     assert 'train-images-idx3-ubyte.gz' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'The folder given as --data-dir must hold' in proc.stderr
 
 
 def test_validation_holds_out_the_last_images_and_chooses_the_model(tmp_path, mnist_dir):
