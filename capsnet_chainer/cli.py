@@ -117,8 +117,14 @@ def get_device(gpu=-1, device=None):
             if isinstance(cause, ImportError) and getattr(cause, 'name', '') == 'cupy':
                 raise DeviceError('{}: CuPy is not installed, so no GPU can be used; {}'
                                   .format(flag, CUPY_HELP))
+            if 'libcu' in str(cause) or 'libnvrtc' in str(cause):
+                raise DeviceError(
+                    '{}: CuPy is installed but the CUDA libraries are not found ({}); '
+                    'install them with CuPy\'s [ctk] extra: pip install '
+                    '"cupy-cuda13x[ctk]" (CUDA 13) or "cupy-cuda12x[ctk]" (CUDA 12)'
+                    .format(flag, ' '.join(str(cause).split())))
             raise DeviceError('{}: CuPy is installed but cannot be imported ({}); {}'
-                              .format(flag, cause, CUPY_HELP))
+                              .format(flag, ' '.join(str(cause).split()), CUPY_HELP))
         try:
             device_id = int(spec.partition(':')[2])
         except ValueError:

@@ -19,6 +19,11 @@ the first two must happen before ``chainer`` is imported, so import this module 
    through im2col and a matrix product. That is expected, not a broken install, so
    Chainer's "cuDNN is not enabled, please reinstall CuPy" warning is marked as given;
    :func:`capsnet_chainer.cli.describe_device` says it once, in our words.
+4. :func:`import_chainer` imports Chainer without CuPy's "nccl library could not be
+   loaded" warning. Chainer's ``MultiprocessParallelUpdater`` module, imported with
+   ``chainer.training``, imports ``cupy.cuda.nccl``, and CuPy warns there when NCCL is
+   absent (CuPy's ``[ctk]`` extra does not bring it). Single-GPU training never uses
+   NCCL; a multi-GPU communicator that needs it fails with its own error.
 
 If ``chainer`` was imported before this module, steps 1 and 2 are too late to matter
 (and, since that import worked, not needed); they are skipped.
@@ -26,6 +31,7 @@ If ``chainer`` was imported before this module, steps 1 and 2 are too late to ma
 
 import sys
 import types
+import warnings
 
 import numpy
 
@@ -89,10 +95,24 @@ def quiet_cudnn_warning():
     return False
 
 
+#: CuPy's warning when NCCL cannot be loaded (see step 4 above).
+NCCL_WARNING = r'\s*nccl library could not be loaded'
+
+
+def import_chainer():
+    """Imports ``chainer`` and ``chainer.training`` without CuPy's NCCL warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=NCCL_WARNING, category=UserWarning)
+        import chainer
+        import chainer.training  # noqa: F401  (imports cupy.cuda.nccl where CuPy is)
+    return chainer
+
+
 def apply():
-    """Applies every adaptation, in order; imports ``chainer`` last."""
+    """Applies every adaptation, in order; imports ``chainer`` after the first two."""
     patch_numpy()
     skip_environment_check()
+    import_chainer()
     quiet_cudnn_warning()
 
 

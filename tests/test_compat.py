@@ -142,3 +142,28 @@ def test_describe_device_says_whether_cudnn_is_used():
     line = cli.describe_device(cli.get_device(0))
     assert line.startswith('@cupy:0 (') and 'CuPy' in line
     assert ('no cuDNN' in line) == (not cuda.cudnn_enabled)
+
+
+def test_real_cupy_import_prints_no_warning():
+    """Where CuPy is installed (GPU machines, or CuPy without its CUDA libraries):
+    importing the package prints nothing, NCCL or cuDNN notwithstanding."""
+    pytest.importorskip('cupy')
+    proc = subprocess.run([sys.executable, '-c', 'import capsnet_chainer, chainer.training'],
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == '', proc.stderr
+
+
+def test_missing_cuda_libraries_point_to_the_ctk_extra(monkeypatch):
+    from chainer.backends import cuda
+    from capsnet_chainer import cli
+    monkeypatch.setattr(cuda, 'available', False)
+    monkeypatch.setattr(cuda, '_resolution_error', RuntimeError(
+        'Failure finding "libcublasLt.so.13 or libcublasLt.so.12": No such file'),
+        raising=False)
+    with pytest.raises(cli.DeviceError) as e:
+        cli.get_device(0)
+    assert str(e.value).startswith('-g 0: CuPy is installed but the CUDA libraries are '
+                                   'not found (Failure finding')
+    assert 'cupy-cuda13x[ctk]' in str(e.value)
