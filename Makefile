@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?= --save saved_model --reconstruct
-MODEL ?= saved_model
+# `make analyze` analyzes your saved_model, or the model that ships in models/.
+SHIPPED_MODEL := models/capsnet_mnist.npz
+MODEL ?= $(if $(wildcard saved_model),saved_model,$(SHIPPED_MODEL))
 
 .PHONY: venv train analyze test bench clean
 
@@ -23,6 +25,7 @@ train: venv
 	$(PY) train.py $(ARGS)
 
 analyze: venv
+	@echo "make analyze: analyzing $(MODEL)$(if $(filter $(SHIPPED_MODEL),$(MODEL)), (the model that ships with the project; train your own with make train),)"
 	$(PY) analyze.py --load $(MODEL) $(ANALYZE_ARGS)
 
 test: venv

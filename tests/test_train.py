@@ -179,8 +179,7 @@ def test_git_commit_is_none_outside_a_checkout(tmp_path):
     (['--n-train', '64', '--validation', '64'],
      '--validation 64 holds out all 64 training images'),
 ])
-def test_a_training_set_smaller_than_a_batch_is_refused(tmp_path, mnist_dir, flags,
-                                                       message):
+def test_a_training_set_smaller_than_a_batch_is_refused(tmp_path, mnist_dir, flags, message):
     proc = run_train(['--data-dir', mnist_dir, '-e', '1'] + flags, tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert message in proc.stderr and 'Traceback' not in proc.stderr
