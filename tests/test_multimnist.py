@@ -9,6 +9,7 @@ import pytest
 from chainer import gradient_check
 
 from capsnet_chainer import multimnist
+from capsnet_chainer.functions import margin_loss
 from capsnet_chainer.model import CapsNet
 
 
@@ -340,6 +341,14 @@ def test_two_digit_margin_loss_against_loops():
         loss.array, rtol=1e-6)
 
 
+def test_two_digit_margin_loss_with_equal_labels_counts_the_class_once():
+    lengths = numpy.random.RandomState(7).uniform(size=(3, 10)).astype(numpy.float32)
+    t = numpy.array([3, 0, 9], numpy.int32)
+    numpy.testing.assert_allclose(
+        multimnist.two_digit_margin_loss(lengths, numpy.stack([t, t], axis=1)).array,
+        margin_loss(lengths, t).array, rtol=1e-6)
+
+
 def test_two_digit_margin_loss_backward():
     rng = numpy.random.RandomState(4)
     lengths = rng.uniform(0, 1, size=(5, 10))
@@ -447,6 +456,28 @@ def test_pair_accuracy_against_loop(seed):
     assert got == pair_accuracy_ref(scores, labels2)
     both, one = got
     assert 0 < both < one < 1
+
+
+@pytest.mark.gpu
+def test_loss_and_scoring_on_gpu_match_cpu():
+    cupy = pytest.importorskip('cupy')
+    rng = numpy.random.RandomState(8)
+    lengths = rng.uniform(size=(6, 10)).astype(numpy.float32)
+    labels2 = random_pairs(6, seed=3)
+    numpy.testing.assert_allclose(
+        cupy.asnumpy(multimnist.two_digit_margin_loss(cupy.asarray(lengths),
+                                                      cupy.asarray(labels2)).array),
+        multimnist.two_digit_margin_loss(lengths, labels2).array, rtol=1e-5)
+    x_rec, digits = rng.uniform(size=(2, 6, 2, 1, 4, 4)).astype(numpy.float32)
+    numpy.testing.assert_allclose(
+        cupy.asnumpy(multimnist.two_digit_reconstruction_loss(
+            cupy.asarray(x_rec), cupy.asarray(digits)).array),
+        multimnist.two_digit_reconstruction_loss(x_rec, digits).array, rtol=1e-5)
+    assert multimnist.pair_accuracy(cupy.asarray(lengths), cupy.asarray(labels2)) == \
+        multimnist.pair_accuracy(lengths, labels2)
+    merged = multimnist.overlay(cupy.asarray(x_rec), cupy.asarray(digits))
+    assert isinstance(merged, cupy.ndarray)
+    numpy.testing.assert_array_equal(cupy.asnumpy(merged), numpy.minimum(x_rec + digits, 1))
 
 
 # The 36x36 CapsNet
