@@ -26,8 +26,8 @@ from capsnet_chainer import figures  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
 from capsnet_chainer.datasets import get_mnist  # noqa: E402
-from capsnet_chainer.model import load_model  # noqa: E402
-from capsnet_chainer.model import ModelFileError  # noqa: E402
+from capsnet_chainer.modelfile import load_model  # noqa: E402
+from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
 
 

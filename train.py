@@ -28,8 +28,8 @@ from capsnet_chainer.datasets import get_mnist  # noqa: E402
 from capsnet_chainer.datasets import RandomShift  # noqa: E402
 from capsnet_chainer.figures import ReconstructionReport  # noqa: E402
 from capsnet_chainer.model import CapsNet  # noqa: E402
-from capsnet_chainer.model import inspect_model_file  # noqa: E402
-from capsnet_chainer.model import ModelFileError  # noqa: E402
+from capsnet_chainer.modelfile import inspect_model_file  # noqa: E402
+from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
 from capsnet_chainer.provenance import provenance  # noqa: E402
 

@@ -93,7 +93,7 @@ def capsules(model, x, batchsize=BATCHSIZE):
     out = []
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         for s in _batches(len(x), batchsize):
-            out.append(_to_cpu(model.capsules(model.device.send(x[s]))))
+            out.append(_to_cpu(model.digit_capsules(model.device.send(x[s]))))
     if not out:
         return numpy.zeros((0, model.config['n_class'], 16), numpy.float32)
     return numpy.concatenate(out)

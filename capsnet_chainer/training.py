@@ -26,13 +26,13 @@ from chainer.iterators import SerialIterator
 from chainer.iterators import ShuffleOrderSampler
 from chainer.training import extensions
 
-from capsnet_chainer.model import CONFIG_KEY
-from capsnet_chainer.model import inspect_model_file
-from capsnet_chainer.model import ModelFileError
-from capsnet_chainer.model import non_finite_error
-from capsnet_chainer.model import open_npz
-from capsnet_chainer.model import read_array
-from capsnet_chainer.model import save_model
+from capsnet_chainer.modelfile import CONFIG_KEY
+from capsnet_chainer.modelfile import inspect_model_file
+from capsnet_chainer.modelfile import ModelFileError
+from capsnet_chainer.modelfile import non_finite_error
+from capsnet_chainer.modelfile import open_npz
+from capsnet_chainer.modelfile import read_array
+from capsnet_chainer.modelfile import save_model
 from capsnet_chainer.fileio import write_atomic
 from capsnet_chainer.provenance import utc_now
 from capsnet_chainer.random_state import serialize_python_random

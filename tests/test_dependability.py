@@ -26,9 +26,9 @@ from chainer import testing
 from capsnet_chainer import cli
 from capsnet_chainer import training as capsnet_training
 from capsnet_chainer.datasets import MNIST_FILES
-from capsnet_chainer.model import load_model
-from capsnet_chainer.model import META_KEY
-from capsnet_chainer.model import ModelFileError
+from capsnet_chainer.modelfile import load_model
+from capsnet_chainer.modelfile import META_KEY
+from capsnet_chainer.modelfile import ModelFileError
 from capsnet_chainer.fileio import write_atomic
 from conftest import REPO
 from conftest import run_train

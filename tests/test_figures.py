@@ -52,7 +52,7 @@ def samples():
 def independent_decode(model, x, labels, edit=None):
     """Decoder output ``(N, 28, 28)`` computed directly from the model's methods."""
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        v = model.capsules(x).array
+        v = model.digit_capsules(x).array
         if edit is not None:
             edit(v)
         return model.decode(v, numpy.asarray(labels, numpy.int32)).array[:, 0]
@@ -150,7 +150,7 @@ def test_masking_grid_rows(model, samples):
     assert grid.shape == (11, 6, 28, 28)
     numpy.testing.assert_array_equal(grid[0], x[:6, 0])
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        v = model.capsules(x[:6])
+        v = model.digit_capsules(x[:6])
         for i in range(10):
             expected = model.decode(v, numpy.full(6, i, numpy.int32)).array[:, 0]
             numpy.testing.assert_allclose(grid[i + 1], expected, atol=1e-6)
