@@ -29,7 +29,7 @@ def mnist_dir():
     """
     path = _mnist_dir()
     if path is None:
-        from capsnet_chainer.datasets import DatasetError, get_mnist
+        from capsnet_chainer.mnist import DatasetError, get_mnist
         import chainer
         try:
             get_mnist(n_train=1, n_test=1)

@@ -17,7 +17,7 @@ from chainer import testing
 from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
 from capsnet_chainer import save_model
-from capsnet_chainer.datasets import get_mnist
+from capsnet_chainer.mnist import get_mnist
 from capsnet_chainer.modelfile import read_model_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ from chainer import testing
 
 from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
-from capsnet_chainer.datasets import get_mnist
+from capsnet_chainer.mnist import get_mnist
 
 # MNIST test labels 0..19: 7 2 1 0 4 1 4 9 5 9 0 6 9 0 1 5 9 7 3 4.
 FIRST_ZEROS = [3, 10]
@@ -282,34 +282,6 @@ def test_write_sample_figures(model, samples, tmp_path):
 # Evaluation
 
 
-def test_classification_metrics():
-    t = numpy.array([0, 0, 1, 1, 1, 2, 2, 3])
-    pred = numpy.array([0, 1, 1, 1, 3, 2, 2, 3])  # column sums differ from row sums
-    scores = numpy.eye(5, dtype=numpy.float32)[pred] * 0.9
-    m = figures.classification_metrics(t, scores)
-    assert m['n_test'] == 8 and m['n_correct'] == 6
-    assert m['accuracy'] == 6 / 8 and m['error_rate'] == 2 / 8
-    assert m['per_class_accuracy'] == [0.5, 2 / 3, 1.0, 1.0, None]
-    assert m['per_class_count'] == [2, 3, 2, 1, 0]
-    expected = numpy.zeros((5, 5), int)
-    for a, b in zip(t, pred):
-        expected[a, b] += 1
-    assert m['confusion_matrix'] == expected.tolist()
-
-
-def test_most_confident_errors():
-    t = numpy.array([0, 1, 2, 3, 4])
-    scores = numpy.zeros((5, 5), numpy.float32)
-    scores[0, 0] = 0.99  # right
-    scores[1, 3] = 0.5   # wrong, 0.5
-    scores[2, 4] = 0.8   # wrong, 0.8
-    scores[3, 3] = 0.9   # right
-    scores[4, 0] = 0.7   # wrong, 0.7
-    assert figures.most_confident_errors(t, scores, 10).tolist() == [2, 4, 1]
-    assert figures.most_confident_errors(t, scores, 2).tolist() == [2, 4]
-    assert figures.most_confident_errors(t[[0, 3]], scores[[0, 3]]).tolist() == []
-
-
 def test_plot_confusion():
     matrix = numpy.array([[8, 2], [0, 5]])
     ax = figures.plot_confusion(matrix)
@@ -338,13 +310,6 @@ def test_plot_misclassified(model, samples):
     assert titles == ['true {}\npred {}\n0.90'.format(t[i], (t[i] + 1) % 10) for i in index]
     empty = figures.plot_misclassified(model, x, t, scores, [])
     assert len(empty.images) == 0 and 'no misclassified' in empty.texts[0].get_text()
-
-
-def test_file_sha256(tmp_path):
-    path = tmp_path / 'f'
-    path.write_bytes(b'abc')
-    assert figures.file_sha256(str(path)) == (
-        'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad')
 
 
 # The training-time view
