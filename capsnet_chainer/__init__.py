@@ -32,8 +32,9 @@ equations), :mod:`~capsnet_chainer.links` (the layers, each choosing a fast kern
 the equations), :mod:`~capsnet_chainer.model` (the network),
 :mod:`~capsnet_chainer.conv_kernel` and :mod:`~capsnet_chainer.routing_kernels` (the
 fast kernels), :mod:`~capsnet_chainer.modelfile` and :mod:`~capsnet_chainer.reference`
-(model files), :mod:`~capsnet_chainer.mnist` and :mod:`~capsnet_chainer.augment` (the
-data), :mod:`~capsnet_chainer.training`, :mod:`~capsnet_chainer.snapshots`,
+(model files), :mod:`~capsnet_chainer.mnist`, :mod:`~capsnet_chainer.mnist_sources`,
+:mod:`~capsnet_chainer.idx` and :mod:`~capsnet_chainer.augment` (the data),
+:mod:`~capsnet_chainer.training`, :mod:`~capsnet_chainer.snapshots`,
 :mod:`~capsnet_chainer.nonfinite` and :mod:`~capsnet_chainer.random_state` (training),
 :mod:`~capsnet_chainer.metrics` and :mod:`~capsnet_chainer.figures` (evaluation),
 :mod:`~capsnet_chainer.cli`, :mod:`~capsnet_chainer.compat`,
@@ -51,7 +52,7 @@ from capsnet_chainer.functions import reconstruction_loss  # noqa: E402,F401
 from capsnet_chainer.functions import routing  # noqa: E402,F401
 from capsnet_chainer.functions import shared_routing  # noqa: E402,F401
 from capsnet_chainer.functions import squash  # noqa: E402,F401
-from capsnet_chainer.mnist import DatasetError  # noqa: E402,F401
+from capsnet_chainer.idx import DatasetError  # noqa: E402,F401
 from capsnet_chainer.mnist import get_mnist  # noqa: E402,F401
 from capsnet_chainer.model import CapsNet  # noqa: E402,F401
 from capsnet_chainer.modelfile import load_model  # noqa: E402,F401

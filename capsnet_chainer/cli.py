@@ -14,7 +14,7 @@ import traceback
 
 import chainer
 
-from capsnet_chainer.mnist import DatasetError
+from capsnet_chainer.idx import DatasetError
 from capsnet_chainer.modelfile import ModelFileError
 
 #: Exit status for a wrong command line (argparse's own choice).

@@ -128,7 +128,7 @@ def test_metrics_agree_with_an_independent_count(analyzed, mnist_dir):
     assert metrics['evaluation']['augmentation'] == 'none'
 
 
-def test_metrics_provenance(analyzed):
+def test_metrics_record_the_config_and_the_model_files_sha256(analyzed):
     metrics, path = analyzed['metrics'], analyzed['model']
     config, meta = read_model_file(path)
     assert metrics['config'] == config

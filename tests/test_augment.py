@@ -19,7 +19,7 @@ def shift_reference(x, dy, dx):
 
 @pytest.mark.parametrize('dy, dx', [(0, 0), (1, 0), (0, -1), (2, -2), (-3, 1), (5, 0),
                                     (0, -7), (-4, -5)])
-def test_shift_images(dy, dx):
+def test_shift_images_moves_pixels_with_zero_fill(dy, dx):
     x = numpy.arange(1, 2 * 3 * 4 * 5 + 1, dtype=numpy.float32).reshape((2, 3, 4, 5))
     y = augment.shift_images(x, dy, dx)
     assert y is not x
@@ -29,13 +29,13 @@ def test_shift_images(dy, dx):
     assert x[0, 0, 0, 0] == 1  # input untouched
 
 
-def test_shift_images_example():
+def test_shift_images_down_and_left_example():
     x = numpy.array([[[[1, 2], [3, 4]]]])
     assert augment.shift_images(x, 1, -1).tolist() == [[[[0, 0], [2, 0]]]]
 
 
 @pytest.mark.gpu
-def test_shift_images_gpu():
+def test_shift_images_on_gpu_matches_cpu():
     cupy = pytest.importorskip('cupy')
     x = numpy.random.RandomState(0).rand(2, 1, 6, 6).astype(numpy.float32)
     y = augment.shift_images(cupy.asarray(x), -2, 1)

@@ -21,7 +21,7 @@ import pytest
 from chainer import testing
 
 from capsnet_chainer import cli
-from capsnet_chainer.mnist import MNIST_FILES
+from capsnet_chainer.idx import MNIST_FILES
 from capsnet_chainer.modelfile import load_model
 from capsnet_chainer.modelfile import META_KEY
 from capsnet_chainer.modelfile import ModelFileError

@@ -125,7 +125,7 @@ def test_select_samples_mnist_test_set(mnist_dir):
         assert index[2 * k:2 * k + 2].tolist() == numpy.flatnonzero(t == k)[:2].tolist()
 
 
-def test_steps():
+def test_perturbation_steps_are_the_reference_and_paper_ranges():
     numpy.testing.assert_allclose(figures.REFERENCE_STEPS, numpy.linspace(-0.3, 0.3, 9))
     numpy.testing.assert_allclose(figures.PAPER_STEPS, numpy.linspace(-0.25, 0.25, 11))
     assert figures.REFERENCE_STEPS[4] == 0 and figures.PAPER_STEPS[5] == 0

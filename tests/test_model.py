@@ -45,7 +45,7 @@ def test_parts_of_the_parameter_count():
 
 
 @pytest.mark.parametrize('kwargs, n_params', SWITCHES)
-def test_switches_shapes_and_counts(kwargs, n_params):
+def test_each_switch_has_its_parameter_count_and_output_shapes(kwargs, n_params):
     model = CapsNet(**kwargs)
     assert model.count_params() == n_params
     x, t = batch()
@@ -56,7 +56,7 @@ def test_switches_shapes_and_counts(kwargs, n_params):
 
 
 @pytest.mark.parametrize('reconstruct', [False, True])
-def test_training_step_reports(reconstruct):
+def test_training_step_updates_weights_and_reports_the_losses(reconstruct):
     model = CapsNet(reconstruct=reconstruct)
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
@@ -74,7 +74,7 @@ def test_training_step_reports(reconstruct):
     assert (recon > 0) == reconstruct
 
 
-def test_reconstruction_weight_and_label_mask():
+def test_reconstruction_loss_is_weighted_and_masked_by_the_label():
     model = CapsNet(reconstruct=True)
     x, t = batch()
     with chainer.no_backprop_mode():
@@ -85,7 +85,7 @@ def test_reconstruction_weight_and_label_mask():
 
 
 @pytest.mark.parametrize('mask_test', ['label', 'prediction'])
-def test_test_time_mask(mask_test):
+def test_test_time_mask_is_the_label_or_the_prediction(mask_test):
     model = CapsNet(reconstruct=True, mask_test=mask_test)
     x, _ = batch()
     with chainer.using_config('train', False), chainer.no_backprop_mode():
