@@ -3,7 +3,7 @@
 Shape letters, the same in every module:
 
 =====  ===========================================================
-``B``  batch
+``B``  batch (or any number of examples, e.g. a test set)
 ``C``  image or feature channels (1 for MNIST; 256 after conv1)
 ``H``  ``W``: image or feature-map height and width
 ``T``  primary capsule types (32)
@@ -13,6 +13,9 @@ Shape letters, the same in every module:
 ``J``  digit capsules, one per class (10)
 ``D``  dimensions of a digit capsule (16)
 =====  ===========================================================
+
+Figures lay out their tiles as ``(rows, cols, H, W)``; the convolution kernel names its
+output channels ``O``.
 
 The data's way from image to loss (:class:`~capsnet_chainer.model.CapsNet`)::
 

@@ -1,7 +1,7 @@
 """Figures of a trained CapsNet: reconstructions, masking, perturbations, errors.
 
 Each figure is made in two steps. A *computation* function returns the tiles as a NumPy
-array ``(R, C, H, W)`` (row-major, one 28x28 grey-level image per tile), so that tests can
+array ``(rows, cols, H, W)`` (row-major, one 28x28 grey-level image per tile), so that tests can
 check the content. :func:`draw_grid` then draws them into one :class:`~matplotlib.axes.Axes`,
 one :class:`~matplotlib.image.AxesImage` per tile, in row-major order, with grey levels
 0..1, axes off and tight spacing. Given images (and the unperturbed row of a perturbation
@@ -58,7 +58,7 @@ def select_samples(labels, per_class=2, n_class=10):
     """The first ``per_class`` examples of each class, in dataset order.
 
     Args:
-        labels (array): Labels ``(N,)``, e.g. of the test set.
+        labels (array): Labels ``(B,)``, e.g. of the test set.
         per_class (int): Examples to keep per class.
         n_class (int): Classes.
 
@@ -73,7 +73,7 @@ def select_samples(labels, per_class=2, n_class=10):
 
 
 def _images(x):
-    """``(N, 1, H, W)`` or ``(N, H, W)`` images as NumPy ``(N, H, W)``."""
+    """``(B, 1, H, W)`` or ``(B, H, W)`` images as NumPy ``(B, H, W)``."""
     x = numpy.asarray(to_cpu(x))
     return x.reshape((len(x),) + x.shape[-2:])
 
@@ -83,11 +83,11 @@ def reconstructions(model, x, t):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, 1, H, W)``.
-        t (array): Their labels ``(N,)``.
+        x (array): Images ``(B, 1, H, W)``.
+        t (array): Their labels ``(B,)``.
 
     Returns:
-        numpy.ndarray: Tiles ``(2, N, H, W)``: row 0 the inputs, row 1 the
+        numpy.ndarray: Tiles ``(2, B, H, W)``: row 0 the inputs, row 1 the
         reconstructions.
     """
     recon = decode(model, digit_capsules(model, x), t)
@@ -99,10 +99,10 @@ def masking_grid(model, x):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, 1, H, W)``.
+        x (array): Images ``(B, 1, H, W)``.
 
     Returns:
-        numpy.ndarray: Tiles ``(n_class + 1, N, H, W)``: row 0 the inputs, row ``i + 1``
+        numpy.ndarray: Tiles ``(J + 1, B, H, W)``: row 0 the inputs, row ``i + 1``
         every input decoded with the mask forced to digit ``i``.
     """
     v = digit_capsules(model, x)
@@ -164,7 +164,7 @@ def draw_grid(tiles, cmaps, ax=None, gap=GAP):
     """Draws tiles as a grid, one image per tile, grey levels 0..1, axes off.
 
     Args:
-        tiles (array): ``(R, C, H, W)``.
+        tiles (array): ``(rows, cols, H, W)``.
         cmaps (str or sequence): One colour-map name for all tiles, one per row
             (length ``R``), or a 2-D ``(R, C)`` grid (``(1, C)`` gives one per column).
         ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
@@ -281,8 +281,8 @@ def misclassified_tiles(model, x, t, scores, index):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, 1, H, W)``; t (array): labels ``(N,)``;
-        scores (array): ``(N, n_class)``.
+        x (array): Images ``(B, 1, H, W)``; t (array): labels ``(B,)``;
+        scores (array): ``(B, n_class)``.
         index (array): The examples to show, e.g. :func:`most_confident_errors`.
 
     Returns:
@@ -348,7 +348,7 @@ def write_sample_figures(model, x, t, out, steps=REFERENCE_STEPS, layout='steps'
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): The samples ``(N, 1, H, W)``, e.g. :func:`select_samples` of the
+        x (array): The samples ``(B, 1, H, W)``, e.g. :func:`select_samples` of the
             test set.
         t (array): Their labels.
         out (str): Folder to write into (made if missing).
@@ -388,7 +388,7 @@ class ReconstructionReport(training.Extension):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network being trained (any device).
-        x (array): Images to show ``(N, 1, H, W)``, e.g. 20 test images chosen by
+        x (array): Images to show ``(B, 1, H, W)``, e.g. 20 test images chosen by
             :func:`select_samples`.
         t (array): Their labels.
         filename (str): Formatted with ``epoch`` and ``iteration``.

@@ -102,18 +102,18 @@ class PrimaryCapsules(chainer.Chain):
                                       initialW=initialW)
 
     def forward(self, h):
-        """Args: h ``(B, C, H, W)``. Returns: u ``(B, n_type * H' * W', dim)``.
+        """Args: h ``(B, C, H, W)``. Returns: u ``(B, I, P)``, ``I = n_type * H' * W'``.
 
         The convolution runs on the channels-last view of ``h``, which is free when
         ``h`` is itself a view of channels-last memory, as
         :meth:`CapsNet.digit_capsules`
         passes it.
         """
-        y = self.conv.forward_nhwc(F.transpose(h, (0, 2, 3, 1)))  # (B, 6, 6, n_type * dim)
+        y = self.conv.forward_nhwc(F.transpose(h, (0, 2, 3, 1)))  # (B, 6, 6, T * P)
         B, H, W, _ = y.shape
-        u = F.reshape(y, (B, H * W, self.n_type, self.dim))
+        u = F.reshape(y, (B, H * W, self.n_type, self.dim))  # (B, N, T, P)
         u = F.reshape(F.transpose(u, (0, 2, 1, 3)), (B, self.n_type * H * W, self.dim))
-        return squash(u) if self.squash else u  # (B, 1152, 8)
+        return squash(u) if self.squash else u  # (B, I, P)
 
 
 class DigitCapsules(chainer.Link):

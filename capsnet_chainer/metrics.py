@@ -27,13 +27,13 @@ def batched(model, fn, arrays, empty_shape, batchsize=BATCHSIZE, progress=None):
             ``arrays`` is sent to its device.
         fn (callable): Called as ``fn(*batch)``; returns an array or Variable whose
             first axis is the batch.
-        arrays (tuple of arrays): Inputs with one length ``N``.
-        empty_shape (tuple of ints): The trailing shape of the result, for ``N = 0``.
+        arrays (tuple of arrays): Inputs with one length ``B``.
+        empty_shape (tuple of ints): The trailing shape of the result, for ``B = 0``.
         batchsize (int): Examples per call of ``fn``.
         progress (callable): Called as ``progress(done, total)`` after each batch.
 
     Returns:
-        numpy.ndarray: The results ``(N, ...)`` concatenated.
+        numpy.ndarray: The results ``(B, ...)`` concatenated.
     """
     n = len(arrays[0])
     out = []
@@ -53,10 +53,10 @@ def digit_capsules(model, x, batchsize=BATCHSIZE):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network, on any device.
-        x (array): Images ``(N, C, H, W)``.
+        x (array): Images ``(B, C, H, W)``.
 
     Returns:
-        numpy.ndarray: ``v`` ``(N, J, D)``, float32.
+        numpy.ndarray: ``v`` ``(B, J, D)``, float32.
     """
     return batched(model, model.digit_capsules, (x,), (model.config['n_class'], 16),
                    batchsize)
@@ -67,11 +67,11 @@ def decode(model, v, labels, batchsize=BATCHSIZE):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network, on any device.
-        v (array): Digit capsules ``(N, J, D)``.
-        labels (array): The digit to keep for each example ``(N,)``.
+        v (array): Digit capsules ``(B, J, D)``.
+        labels (array): The digit to keep for each example ``(B,)``.
 
     Returns:
-        numpy.ndarray: Images ``(N, H, W)`` (the single channel dropped), float32.
+        numpy.ndarray: Images ``(B, H, W)`` (the single channel dropped), float32.
     """
     v = numpy.asarray(to_cpu(v), numpy.float32)
     labels = numpy.asarray(to_cpu(labels), numpy.int32)
@@ -85,12 +85,12 @@ def score(model, x, batchsize=BATCHSIZE, progress=None):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, C, H, W)``.
+        x (array): Images ``(B, C, H, W)``.
         batchsize (int): Images per forward pass.
         progress (callable): Called as ``progress(done, total)`` after each batch.
 
     Returns:
-        numpy.ndarray: Scores ``(N, J)``, float32.
+        numpy.ndarray: Scores ``(B, J)``, float32.
     """
     return batched(model, lambda xb: capsule_length(model.digit_capsules(xb)), (x,),
                    (model.config['n_class'],), batchsize, progress)
@@ -107,8 +107,8 @@ def classification_metrics(t, scores):
     """Accuracy, error rate, per-class accuracy and the confusion matrix.
 
     Args:
-        t (array): Labels ``(N,)``.
-        scores (array): Class scores ``(N, n_class)``.
+        t (array): Labels ``(B,)``.
+        scores (array): Class scores ``(B, n_class)``.
 
     Returns:
         dict: ``n_test``, ``n_correct``, ``accuracy``, ``error_rate``,

@@ -135,10 +135,10 @@ class CapsNet(chainer.Chain):
         return loss
 
     def predict(self, x, batchsize=100):
-        """Class scores (capsule lengths) ``(N, n_class)`` as a NumPy array.
+        """Class scores (capsule lengths) ``(B, n_class)`` as a NumPy array.
 
         Args:
-            x (array): Images ``(N, C, H, W)``, on any device.
+            x (array): Images ``(B, C, H, W)``, on any device.
         """
         scores = []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
