@@ -5,7 +5,6 @@
 
 import chainer
 import chainer.functions as F
-import numpy
 
 from capsnet_chainer.functions import capsule_length
 from capsnet_chainer.functions import margin_loss
@@ -15,6 +14,7 @@ from capsnet_chainer.links import DEFAULT_INITIALW
 from capsnet_chainer.links import Decoder
 from capsnet_chainer.links import DigitCapsules
 from capsnet_chainer.links import PrimaryCapsules
+from capsnet_chainer import metrics
 
 MASK_CHOICES = ('label', 'prediction')
 
@@ -135,20 +135,15 @@ class CapsNet(chainer.Chain):
         return loss
 
     def predict(self, x, batchsize=100):
-        """Class scores (capsule lengths) ``(B, n_class)`` as a NumPy array.
+        """Class scores (capsule lengths) ``(B, J)`` as a NumPy array, at test time.
+
+        The same as :func:`capsnet_chainer.metrics.score`.
 
         Args:
             x (array): Images ``(B, C, H, W)``, on any device.
+            batchsize (int): Images per forward pass.
         """
-        scores = []
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                xb = self.device.send(x[i:i + batchsize])
-                scores.append(chainer.backend.CpuDevice().send(
-                    capsule_length(self.digit_capsules(xb)).array))
-        if not scores:
-            return numpy.zeros((0, self.config['n_class']), numpy.float32)
-        return numpy.concatenate(scores)
+        return metrics.score(self, x, batchsize)
 
     def count_params(self):
         """Number of scalar parameters."""

@@ -13,6 +13,8 @@ from chainer import testing
 from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
 from capsnet_chainer.mnist import get_mnist
+from conftest import is_green
+from conftest import tile_colours
 
 # MNIST test labels 0..19: 7 2 1 0 4 1 4 9 5 9 0 6 9 0 1 5 9 7 3 4.
 FIRST_ZEROS = [3, 10]
@@ -76,24 +78,6 @@ def assert_images(ax, tiles, cmaps):
 
 def row_cmaps(names, n_col):
     return [[name] * n_col for name in names]
-
-
-def tile_colours(png, n_row, n_col):
-    """Mean RGB of the middle of each tile of a saved grid figure, ``(R, C, 3)``."""
-    image = matplotlib.image.imread(png)[..., :3]
-    H, W = image.shape[:2]
-    h, w = H / n_row, W / n_col
-    out = numpy.empty((n_row, n_col, 3))
-    for r in range(n_row):
-        for c in range(n_col):
-            cell = image[int(r * h + h / 4):int((r + 1) * h - h / 4),
-                         int(c * w + w / 4):int((c + 1) * w - w / 4)]
-            out[r, c] = cell.reshape((-1, 3)).mean(axis=0)
-    return out
-
-
-def is_green(rgb):
-    return rgb[..., 1] > rgb[..., 2]
 
 
 # Samples and steps

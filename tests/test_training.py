@@ -64,13 +64,15 @@ def test_nan_loss_raises_naming_epoch_and_iteration_before_backward():
     assert model.fc.W.grad is None or numpy.isfinite(model.fc.W.grad).all()
 
 
-def test_updater_without_check_finite_registers_no_hook():
+def test_updater_without_check_finite_lets_a_nan_gradient_through():
     model = _SqrtLoss()
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
     data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
-    ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer, check_finite=False)
-    assert not optimizer._pre_update_hooks
+    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer,
+                                    check_finite=False)
+    updater.update()
+    assert optimizer.t == 1 and numpy.isnan(model.fc.W.array).all()
 
 
 testing.run_module(__name__, __file__)
