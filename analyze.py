@@ -23,11 +23,13 @@ import chainer  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer import figures  # noqa: E402
+from capsnet_chainer import metrics  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.datasets import get_mnist  # noqa: E402
-from capsnet_chainer.model import load_model  # noqa: E402
-from capsnet_chainer.model import ModelFileError  # noqa: E402
+from capsnet_chainer.mnist import get_mnist  # noqa: E402
+from capsnet_chainer.modelfile import load_model  # noqa: E402
+from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
+from capsnet_chainer.fileio import file_sha256  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
 
 
@@ -50,7 +52,7 @@ def parse_args(argv=None):
                              '(16 dimensions x 11 steps of 0.05 in [-0.25, 0.25])')
     parser.add_argument('--top-k', type=non_negative_int, default=10,
                         help='misclassified test images to show in misclassified.png')
-    parser.add_argument('--batchsize', '-b', type=positive_int, default=figures.BATCHSIZE,
+    parser.add_argument('--batchsize', '-b', type=positive_int, default=metrics.BATCHSIZE,
                         help='images per forward pass when scoring')
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
@@ -100,7 +102,7 @@ def analyze(argv=None):
 
     # Load the model
     model, meta = load(args.load)
-    sha256 = figures.file_sha256(args.load)
+    sha256 = file_sha256(args.load)
     print('# model: {} (sha256 {}), epoch {}, test accuracy when saved {}'.format(
         args.load, sha256[:12], meta.get('epoch', '?'),
         meta.get('validation/main/accuracy', '?')))
@@ -142,12 +144,12 @@ def analyze(argv=None):
 
     # Score the test set, no augmentation
     tic = time.time()
-    scores = figures.score(model, x[:n_test], args.batchsize,
+    scores = metrics.score(model, x[:n_test], args.batchsize,
                            progress=Progress('scoring {} test images'.format(n_test)))
     t = t[:n_test]
-    metrics = figures.classification_metrics(t, scores)
-    errors = figures.most_confident_errors(t, scores, args.top_k)
-    metrics.update({
+    results = metrics.classification_metrics(t, scores)
+    errors = metrics.most_confident_errors(t, scores, args.top_k)
+    results.update({
         'evaluation': {'images': 'the first {} of the MNIST test set'.format(n_test),
                        'augmentation': 'none', 'batchsize': args.batchsize,
                        'data_dir': args.data_dir, 'device': str(device)},
@@ -160,10 +162,10 @@ def analyze(argv=None):
             for i in errors],
     })
     path = os.path.join(args.out, 'metrics.json')
-    write_atomic(path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    write_atomic(path, lambda f: f.write(json.dumps(results, indent=2).encode()))
     print('wrote {}'.format(path))
     path = os.path.join(args.out, 'confusion.png')
-    figures.save_figure(figures.plot_confusion(metrics['confusion_matrix']), path)
+    figures.save_figure(figures.plot_confusion(results['confusion_matrix']), path)
     print('wrote {}'.format(path))
     path = os.path.join(args.out, 'misclassified.png')
     figures.save_figure(figures.plot_misclassified(model, x[:n_test], t, scores, errors),
@@ -172,7 +174,7 @@ def analyze(argv=None):
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
 
     print('test accuracy {:.2%} (error {:.2%}) on {} images, no augmentation'.format(
-        metrics['accuracy'], metrics['error_rate'], n_test))
+        results['accuracy'], results['error_rate'], n_test))
     print('# total: {:.1f} s'.format(time.time() - start))
 
 

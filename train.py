@@ -20,18 +20,21 @@ import chainer  # noqa: E402
 import filelock  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
+from capsnet_chainer import snapshots  # noqa: E402
 from capsnet_chainer import training as capsnet_training  # noqa: E402
 from capsnet_chainer.cli import finite_float  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.datasets import get_mnist  # noqa: E402
-from capsnet_chainer.datasets import RandomShift  # noqa: E402
+from capsnet_chainer.mnist import get_mnist  # noqa: E402
+from capsnet_chainer.augment import RandomShift  # noqa: E402
 from capsnet_chainer.figures import ReconstructionReport  # noqa: E402
 from capsnet_chainer.model import CapsNet  # noqa: E402
-from capsnet_chainer.model import inspect_model_file  # noqa: E402
-from capsnet_chainer.model import ModelFileError  # noqa: E402
+from capsnet_chainer.modelfile import inspect_model_file  # noqa: E402
+from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
+from capsnet_chainer.nonfinite import NonFiniteError  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
 from capsnet_chainer.provenance import provenance  # noqa: E402
+from capsnet_chainer.random_state import set_random_seed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -132,25 +135,25 @@ def build_model(args):
 
 def find_resume_snapshot(args, settings):
     """The snapshot to resume from (checked against ``settings``), or ``None``."""
-    snapshots, unreadable = capsnet_training.list_snapshots(args.out)
+    found, unreadable = snapshots.list_snapshots(args.out)
     for path in unreadable:
         print('warning: {} is named like a snapshot but cannot be read; ignored'.format(
             path), file=sys.stderr)
     if not args.resume:
-        if snapshots:
+        if found:
             raise cli.CLIError(
                 '--out {} already holds the snapshots of a run (newest: {}); pass --resume '
                 'to continue it, or choose another --out to start a new run'.format(
-                    args.out, snapshots[-1][1]), cli.EXIT_USAGE)
+                    args.out, found[-1][1]), cli.EXIT_USAGE)
         return None
     if args.resume == 'auto':
-        if not snapshots:
+        if not found:
             print('No snapshot in {} yet: starting from the beginning'.format(args.out))
             return None
-        path = snapshots[-1][1]
+        path = found[-1][1]
     else:
         path = args.resume
-    capsnet_training.check_snapshot(path, settings)
+    snapshots.check_snapshot(path, settings)
     return path
 
 
@@ -202,7 +205,7 @@ def train(argv=None):
 
     # Check what to resume from, and what --save would replace, before anything is
     # loaded or written
-    settings = capsnet_training.run_settings(args)
+    settings = snapshots.run_settings(args)
     check_save_target(args.save)
     resume = find_resume_snapshot(args, settings)
 
@@ -216,7 +219,7 @@ def train(argv=None):
     train, heldout = split_heldout(train, args)
 
     # Set up a model
-    capsnet_training.set_random_seed(args.seed, device)
+    set_random_seed(args.seed, device)
     model = build_model(args)
     print('# parameters: {:,}'.format(model.count_params()))
     model.to_device(device)
@@ -225,12 +228,16 @@ def train(argv=None):
     # Set up a trainer
     converter = RandomShift(args.max_shift, per_image=args.shift_per_image, seed=args.seed)
     run_args = {k: v for k, v in vars(args).items()
-                if k not in ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')}
+                if k not in snapshots.BOOKKEEPING_FLAGS}
     meta = {'train_args': run_args, 'dataset': 'mnist', 'train_images': len(train),
             'heldout_images': len(heldout) if heldout is not None else 0,
             'test_images': len(test), 'provenance': provenance(device)}
-    trainer = capsnet_training.build_trainer(model, train, test, device, args, converter,
-                                             meta=meta, heldout=heldout)
+    trainer = capsnet_training.build_trainer(
+        model, train, test, device, converter, batchsize=args.batchsize, epoch=args.epoch,
+        alpha=args.alpha, decay=args.decay, decay_every=args.decay_every,
+        min_alpha=args.min_alpha, seed=args.seed, out=args.out, save=args.save,
+        keep=args.keep, test_batchsize=args.test_batchsize,
+        snapshot_every=args.snapshot_every, settings=settings, meta=meta, heldout=heldout)
     print('# model selection: {}'.format(capsnet_training.selection_rule(
         args.validation)[1]))
     if args.vis_every:
@@ -241,7 +248,7 @@ def train(argv=None):
             model, test, trigger=(args.vis_every, 'epoch')))
     if resume:
         print('Resuming from {}'.format(resume))
-        capsnet_training.load_snapshot(resume, trainer)
+        snapshots.load_snapshot(resume, trainer)
         if trainer.updater.epoch_detail >= args.epoch:
             print('{} is already at epoch {:g} of --epoch {}: nothing to do'.format(
                 resume, trainer.updater.epoch_detail, args.epoch))
@@ -256,20 +263,20 @@ def train(argv=None):
         raise cli.CLIError('another train.py is writing to --out {}; wait for it or '
                            'choose another --out'.format(args.out)) from None
     try:
-        for path in capsnet_training.remove_stale_temp_files(args.out):
+        for path in snapshots.remove_stale_temp_files(args.out):
             print('Removed {}, left by an interrupted write'.format(path))
         if args.save:
             save_dir = os.path.dirname(os.path.abspath(args.save))
             os.makedirs(save_dir, exist_ok=True)
-            capsnet_training.remove_stale_temp_files(save_dir, os.path.basename(args.save))
+            snapshots.remove_stale_temp_files(save_dir, os.path.basename(args.save))
         write_atomic(os.path.join(args.out, 'args.json'),
                      lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
 
         # Run the training
         try:
             trainer.run(show_loop_exception_msg=args.debug)
-        except capsnet_training.NonFiniteError as e:
-            last = capsnet_training.latest_snapshot(args.out)
+        except NonFiniteError as e:
+            last = snapshots.latest_snapshot(args.out)
             raise cli.CLIError('{}; training stopped. The last good snapshot is {}'.format(
                 e, last or 'none (none was written yet)')) from e
     finally:

@@ -14,8 +14,8 @@ import traceback
 
 import chainer
 
-from capsnet_chainer.datasets import DatasetError
-from capsnet_chainer.model import ModelFileError
+from capsnet_chainer.idx import DatasetError
+from capsnet_chainer.modelfile import ModelFileError
 
 #: Exit status for a wrong command line (argparse's own choice).
 EXIT_USAGE = 2

@@ -1,7 +1,7 @@
-"""Figures and evaluation of a trained CapsNet: reconstructions, masking, perturbations.
+"""Figures of a trained CapsNet: reconstructions, masking, perturbations, errors.
 
 Each figure is made in two steps. A *computation* function returns the tiles as a NumPy
-array ``(R, C, H, W)`` (row-major, one 28x28 grey-level image per tile), so that tests can
+array ``(rows, cols, H, W)`` (row-major, one 28x28 grey-level image per tile), so that tests can
 check the content. :func:`draw_grid` then draws them into one :class:`~matplotlib.axes.Axes`,
 one :class:`~matplotlib.image.AxesImage` per tile, in row-major order, with grey levels
 0..1, axes off and tight spacing. Given images (and the unperturbed row of a perturbation
@@ -10,15 +10,13 @@ figure) use :data:`GIVEN_CMAP` (green), reconstructions :data:`RECON_CMAP` (blue
 The drawing uses :class:`matplotlib.figure.Figure` directly, never :mod:`matplotlib.pyplot`,
 so nothing here needs a display or leaves figures open.
 
-Every model evaluation runs under ``chainer.using_config('train', False)`` and
-``chainer.no_backprop_mode()``, in batches, on the model's device; results come back as
-NumPy arrays.
+Every model evaluation goes through :func:`capsnet_chainer.metrics.batched` (test mode,
+in batches, on the model's device; results come back as NumPy arrays).
 
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017, Sec. 5.1
    (Fig. 3, reconstructions) and Fig. 4 (dimension perturbations).
 """
 
-import hashlib
 import io
 import os
 import sys
@@ -30,6 +28,9 @@ import numpy
 from chainer import training
 
 from capsnet_chainer.fileio import write_atomic
+from capsnet_chainer.metrics import decode
+from capsnet_chainer.metrics import digit_capsules
+from capsnet_chainer.metrics import to_cpu
 
 #: Colour map of given images and of the unperturbed row.
 GIVEN_CMAP = 'Greens'
@@ -43,7 +44,6 @@ PAPER_STEPS = numpy.arange(-5, 6) * 0.05
 #: reference) or a capsule dimension (the paper's Fig. 4).
 PERTURBATIONS = {'reference': (REFERENCE_STEPS, 'steps'), 'paper': (PAPER_STEPS, 'dims')}
 
-BATCHSIZE = 100
 #: Gap between tiles, in pixels.
 GAP = 2
 #: Size of one 28-pixel tile in the saved PNG, in inches (at :data:`DPI`).
@@ -58,7 +58,7 @@ def select_samples(labels, per_class=2, n_class=10):
     """The first ``per_class`` examples of each class, in dataset order.
 
     Args:
-        labels (array): Labels ``(N,)``, e.g. of the test set.
+        labels (array): Labels ``(B,)``, e.g. of the test set.
         per_class (int): Examples to keep per class.
         n_class (int): Classes.
 
@@ -72,58 +72,9 @@ def select_samples(labels, per_class=2, n_class=10):
     return numpy.concatenate(index).astype(numpy.int64)
 
 
-def _to_cpu(a):
-    return chainer.backend.CpuDevice().send(getattr(a, 'array', a))
-
-
-def _batches(n, batchsize):
-    return [slice(i, min(i + batchsize, n)) for i in range(0, n, batchsize)]
-
-
-def capsules(model, x, batchsize=BATCHSIZE):
-    """Digit capsules of images, as NumPy.
-
-    Args:
-        model (~capsnet_chainer.CapsNet): The network, on any device.
-        x (array): Images ``(N, C, H, W)``.
-
-    Returns:
-        numpy.ndarray: ``v`` ``(N, n_class, 16)``, float32.
-    """
-    out = []
-    with chainer.using_config('train', False), chainer.no_backprop_mode():
-        for s in _batches(len(x), batchsize):
-            out.append(_to_cpu(model.capsules(model.device.send(x[s]))))
-    if not out:
-        return numpy.zeros((0, model.config['n_class'], 16), numpy.float32)
-    return numpy.concatenate(out)
-
-
-def decode(model, v, labels, batchsize=BATCHSIZE):
-    """Decodes capsules masked to ``labels``.
-
-    Args:
-        model (~capsnet_chainer.CapsNet): The network, on any device.
-        v (array): Digit capsules ``(N, n_class, 16)``.
-        labels (array): The digit to keep for each example ``(N,)``.
-
-    Returns:
-        numpy.ndarray: Images ``(N, H, W)`` (the single channel dropped), float32.
-    """
-    v = numpy.asarray(_to_cpu(v), numpy.float32)
-    labels = numpy.asarray(_to_cpu(labels), numpy.int32)
-    H, W = model.config['in_shape'][1:]
-    out = []
-    with chainer.using_config('train', False), chainer.no_backprop_mode():
-        for s in _batches(len(v), batchsize):
-            y = model.decode(model.device.send(v[s]), model.device.send(labels[s]))
-            out.append(_to_cpu(y).reshape((-1, H, W)))
-    return numpy.concatenate(out) if out else numpy.zeros((0, H, W), numpy.float32)
-
-
 def _images(x):
-    """``(N, 1, H, W)`` or ``(N, H, W)`` images as NumPy ``(N, H, W)``."""
-    x = numpy.asarray(_to_cpu(x))
+    """``(B, 1, H, W)`` or ``(B, H, W)`` images as NumPy ``(B, H, W)``."""
+    x = numpy.asarray(to_cpu(x))
     return x.reshape((len(x),) + x.shape[-2:])
 
 
@@ -132,14 +83,14 @@ def reconstructions(model, x, t):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, 1, H, W)``.
-        t (array): Their labels ``(N,)``.
+        x (array): Images ``(B, 1, H, W)``.
+        t (array): Their labels ``(B,)``.
 
     Returns:
-        numpy.ndarray: Tiles ``(2, N, H, W)``: row 0 the inputs, row 1 the
+        numpy.ndarray: Tiles ``(2, B, H, W)``: row 0 the inputs, row 1 the
         reconstructions.
     """
-    recon = decode(model, capsules(model, x), t)
+    recon = decode(model, digit_capsules(model, x), t)
     return numpy.stack((_images(x), recon))
 
 
@@ -148,13 +99,13 @@ def masking_grid(model, x):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, 1, H, W)``.
+        x (array): Images ``(B, 1, H, W)``.
 
     Returns:
-        numpy.ndarray: Tiles ``(n_class + 1, N, H, W)``: row 0 the inputs, row ``i + 1``
+        numpy.ndarray: Tiles ``(J + 1, B, H, W)``: row 0 the inputs, row ``i + 1``
         every input decoded with the mask forced to digit ``i``.
     """
-    v = capsules(model, x)
+    v = digit_capsules(model, x)
     N, n_class = v.shape[:2]
     rows = [_images(x)]
     for i in range(n_class):
@@ -175,104 +126,17 @@ def perturbation_grid(model, x1, t1, steps=REFERENCE_STEPS):
         numpy.ndarray: Tiles ``(len(steps), D, H, W)``: tile ``[r, d]`` decodes the
         image's capsules with ``steps[r]`` added to dimension ``d`` of digit ``t1``.
     """
-    x1 = numpy.asarray(_to_cpu(x1))
+    x1 = numpy.asarray(to_cpu(x1))
     x1 = x1.reshape((1,) * (4 - x1.ndim) + x1.shape)
     t1 = int(t1)
     steps = numpy.asarray(steps, numpy.float32)
-    v = capsules(model, x1)  # (1, J, D)
+    v = digit_capsules(model, x1)  # (1, J, D)
     D = v.shape[2]
     v = numpy.repeat(v, len(steps) * D, axis=0).reshape((len(steps), D) + v.shape[1:])
     v[:, numpy.arange(D), t1, numpy.arange(D)] += steps[:, None]  # (R, D, J, D)
     tiles = decode(model, v.reshape((-1,) + v.shape[2:]),
                    numpy.full(len(steps) * D, t1, numpy.int32))
     return tiles.reshape((len(steps), D) + tiles.shape[1:])
-
-
-def score(model, x, batchsize=BATCHSIZE, progress=None):
-    """Class scores (capsule lengths) of images, with no augmentation.
-
-    Args:
-        model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, C, H, W)``.
-        batchsize (int): Images per forward pass.
-        progress (callable): Called as ``progress(done, total)`` after each batch.
-
-    Returns:
-        numpy.ndarray: Scores ``(N, n_class)``, float32.
-    """
-    out = []
-    for s in _batches(len(x), batchsize):
-        out.append(model.predict(x[s], batchsize))
-        if progress is not None:
-            progress(s.stop, len(x))
-    if not out:
-        return numpy.zeros((0, model.config['n_class']), numpy.float32)
-    return numpy.concatenate(out)
-
-
-def confusion_matrix(t, pred, n_class=10):
-    """Counts ``(n_class, n_class)``: row the true class, column the prediction."""
-    m = numpy.zeros((n_class, n_class), numpy.int64)
-    numpy.add.at(m, (numpy.asarray(t), numpy.asarray(pred)), 1)
-    return m
-
-
-def classification_metrics(t, scores):
-    """Accuracy, error rate, per-class accuracy and the confusion matrix.
-
-    Args:
-        t (array): Labels ``(N,)``.
-        scores (array): Class scores ``(N, n_class)``.
-
-    Returns:
-        dict: ``n_test``, ``n_correct``, ``accuracy``, ``error_rate``,
-        ``per_class_accuracy`` and ``per_class_count`` (lists of ``n_class``;
-        an accuracy is ``None`` for a class absent from ``t``), ``confusion_matrix``
-        (nested lists), all plain Python numbers for JSON.
-    """
-    t = numpy.asarray(t)
-    scores = numpy.asarray(scores)
-    n_class = scores.shape[1]
-    pred = scores.argmax(axis=1)
-    m = confusion_matrix(t, pred, n_class)
-    n = int(len(t))
-    n_correct = int(numpy.trace(m))
-    count = m.sum(axis=1)
-    accuracy = n_correct / n if n else None
-    return {
-        'n_test': n,
-        'n_correct': n_correct,
-        'accuracy': accuracy,
-        'error_rate': 1 - accuracy if n else None,
-        'per_class_accuracy': [int(m[k, k]) / int(count[k]) if count[k] else None
-                               for k in range(n_class)],
-        'per_class_count': [int(c) for c in count],
-        'confusion_matrix': m.tolist(),
-    }
-
-
-def most_confident_errors(t, scores, k=10):
-    """Indices of the ``k`` misclassified examples with the highest predicted score.
-
-    Returns:
-        numpy.ndarray: Up to ``k`` indices into ``t``, most confident first.
-    """
-    t = numpy.asarray(t)
-    scores = numpy.asarray(scores)
-    pred = scores.argmax(axis=1)
-    wrong = numpy.flatnonzero(pred != t)
-    confidence = scores[wrong, pred[wrong]]
-    order = numpy.argsort(-confidence, kind='stable')
-    return wrong[order[:k]]
-
-
-def file_sha256(path):
-    """SHA-256 of a file's bytes, as hex."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # Drawing
@@ -300,7 +164,7 @@ def draw_grid(tiles, cmaps, ax=None, gap=GAP):
     """Draws tiles as a grid, one image per tile, grey levels 0..1, axes off.
 
     Args:
-        tiles (array): ``(R, C, H, W)``.
+        tiles (array): ``(rows, cols, H, W)``.
         cmaps (str or sequence): One colour-map name for all tiles, one per row
             (length ``R``), or a 2-D ``(R, C)`` grid (``(1, C)`` gives one per column).
         ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
@@ -417,8 +281,8 @@ def misclassified_tiles(model, x, t, scores, index):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(N, 1, H, W)``; t (array): labels ``(N,)``;
-        scores (array): ``(N, n_class)``.
+        x (array): Images ``(B, 1, H, W)``; t (array): labels ``(B,)``;
+        scores (array): ``(B, n_class)``.
         index (array): The examples to show, e.g. :func:`most_confident_errors`.
 
     Returns:
@@ -426,10 +290,10 @@ def misclassified_tiles(model, x, t, scores, index):
         the predicted digit, then masked with the true digit.
     """
     index = numpy.asarray(index, numpy.int64)
-    xs = numpy.asarray(_to_cpu(x))[index]
-    ts = numpy.asarray(_to_cpu(t))[index]
+    xs = numpy.asarray(to_cpu(x))[index]
+    ts = numpy.asarray(to_cpu(t))[index]
     pred = numpy.asarray(scores)[index].argmax(axis=1)
-    v = capsules(model, xs)
+    v = digit_capsules(model, xs)
     return numpy.stack((_images(xs), decode(model, v, pred), decode(model, v, ts)))
 
 
@@ -454,7 +318,7 @@ def plot_misclassified(model, x, t, scores, index, ax=None):
         return ax
     tiles = misclassified_tiles(model, x, t, scores, index)
     draw_grid(tiles, [GIVEN_CMAP, RECON_CMAP, RECON_CMAP], ax=ax)
-    t = numpy.asarray(_to_cpu(t))
+    t = numpy.asarray(to_cpu(t))
     scores = numpy.asarray(scores)
     W = tiles.shape[3]
     for c, i in enumerate(index):
@@ -484,7 +348,7 @@ def write_sample_figures(model, x, t, out, steps=REFERENCE_STEPS, layout='steps'
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): The samples ``(N, 1, H, W)``, e.g. :func:`select_samples` of the
+        x (array): The samples ``(B, 1, H, W)``, e.g. :func:`select_samples` of the
             test set.
         t (array): Their labels.
         out (str): Folder to write into (made if missing).
@@ -495,7 +359,7 @@ def write_sample_figures(model, x, t, out, steps=REFERENCE_STEPS, layout='steps'
         of each digit present.
     """
     os.makedirs(out, exist_ok=True)
-    t = numpy.asarray(_to_cpu(t))
+    t = numpy.asarray(to_cpu(t))
     paths = []
     path = os.path.join(out, 'vis.png')
     save_figure(plot_reconstructions(model, x, t), path)
@@ -524,7 +388,7 @@ class ReconstructionReport(training.Extension):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network being trained (any device).
-        x (array): Images to show ``(N, 1, H, W)``, e.g. 20 test images chosen by
+        x (array): Images to show ``(B, 1, H, W)``, e.g. 20 test images chosen by
             :func:`select_samples`.
         t (array): Their labels.
         filename (str): Formatted with ``epoch`` and ``iteration``.
@@ -536,8 +400,8 @@ class ReconstructionReport(training.Extension):
     def __init__(self, model, x, t, filename='reconstruction_epoch_{epoch}.png',
                  trigger=(1, 'epoch')):
         self.model = model
-        self.x = numpy.asarray(_to_cpu(x))
-        self.t = numpy.asarray(_to_cpu(t))
+        self.x = numpy.asarray(to_cpu(x))
+        self.t = numpy.asarray(to_cpu(t))
         self.filename = filename
         self.trigger = trigger
 

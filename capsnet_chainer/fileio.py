@@ -1,5 +1,6 @@
 """Files that are either the old version or the complete new one, never half-written."""
 
+import hashlib
 import os
 import tempfile
 
@@ -45,3 +46,12 @@ def _fsync_directory(directory):
         pass
     finally:
         os.close(fd)
+
+
+def file_sha256(path):
+    """SHA-256 of a file's bytes, as hex."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,10 +1,10 @@
-"""Capsule functions: squash, dynamic routing and the two losses.
+"""The paper's equations in :mod:`chainer.functions`: squash, routing, the losses.
 
-All but :func:`routing` are built from :mod:`chainer.functions`, so autograd gives
-the backward pass (and double backward); :func:`routing` is a FunctionNode with a
-hand-written backward (:mod:`capsnet_chainer.kernels`). Shapes use ``B`` batch,
-``J`` digit capsules (10), ``I`` primary capsules (1152) and ``D`` capsule dimensions
-(16).
+Every function here is built from :mod:`chainer.functions`, so autograd gives the
+backward pass and double backpropagation. They are the definition the fast kernels
+(:mod:`capsnet_chainer.routing_kernels`) are tested against, and the network runs
+them when it is built with ``CapsNet(fast_kernels=False)``. Shape letters are those of
+:mod:`capsnet_chainer`.
 
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017.
 """
@@ -13,11 +13,9 @@ import chainer
 import chainer.functions as F
 import numpy
 
-from capsnet_chainer import kernels
-
 #: Added inside the square root of every norm, so that the norm and its gradient stay
 #: finite at zero length (the exact norm has an infinite derivative there).
-EPS = kernels.EPS
+EPS = 1e-8
 
 
 def squared_norm(x, axis=-1):
@@ -60,6 +58,40 @@ def squash(s, axis=-1):
     return s * F.broadcast_to(scale, s.shape)
 
 
+def prediction_vectors(u, W, b=None, n_class=10, n_cell=1):
+    """Prediction vectors ``u_hat[j|i] = W_i u_i (+ b_i)`` (Eq. 2 of the paper [#]_).
+
+    Capsule ``i`` uses map ``i // n_cell``: ``n_cell`` consecutive capsules (the grid
+    cells of one capsule type) share a map with ``n_cell > 1`` (the reference), every
+    capsule has its own with ``n_cell = 1`` (the paper). Column ``j * D + d`` of a map
+    is dimension ``d`` of digit ``j``.
+
+    Args:
+        u (~chainer.Variable): Primary capsules ``(B, I, P)``.
+        W (~chainer.Variable): Maps ``(M, P, J * D)``, ``M = I // n_cell``.
+        b (~chainer.Variable): Biases ``(M, J * D)`` or ``None``.
+        n_class (int): ``J``.
+        n_cell (int): Consecutive capsules that share a map.
+
+    Returns:
+        ~chainer.Variable: ``u_hat`` ``(B, J, I, D)``.
+    """
+    B, I, P = u.shape
+    M, _, JD = W.shape
+    N, J, D = n_cell, n_class, W.shape[2] // n_class
+    if M * N != I or J * D != JD:
+        raise ValueError('W {} does not fit u {} with n_class {} and n_cell {}'.format(
+            W.shape, u.shape, n_class, n_cell))
+    u = F.reshape(u, (B, M, N, P))  # (B, M, N, P)
+    u = F.reshape(F.transpose(u, (1, 0, 2, 3)), (M, B * N, P))  # (M, B * N, P)
+    h = F.matmul(u, W)  # (M, B * N, J * D)
+    if b is not None:
+        h = h + F.broadcast_to(b[:, None, :], h.shape)  # (M, B * N, J * D)
+    h = F.reshape(h, (M, B, N, J, D))  # (M, B, N, J, D)
+    h = F.transpose(h, (1, 3, 0, 2, 4))  # (B, J, M, N, D)
+    return F.reshape(h, (B, J, I, D))  # (B, J, I, D)
+
+
 def routing(u_hat, n_iteration=3, grad_all_iterations=True):
     """Routing by agreement, Procedure 1 of the paper [#]_.
 
@@ -71,16 +103,55 @@ def routing(u_hat, n_iteration=3, grad_all_iterations=True):
         u_hat (~chainer.Variable): Predictions ``(B, J, I, D)``.
         n_iteration (int): Routing iterations (at least 1).
         grad_all_iterations (bool): ``True`` (the reference) backpropagates through
-            every iteration. ``False`` treats the coupling coefficients as constants,
-            so gradients reach ``u_hat`` only through the last weighted sum.
+            every iteration. ``False`` treats the coupling coefficients as constants:
+            the iterations that only update the logits see ``u_hat`` detached, so
+            gradients reach ``u_hat`` only through the last weighted sum.
 
     Returns:
-        ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``. Its backward is written by
-        hand (:class:`~capsnet_chainer.kernels.Routing`): first-order gradients only.
+        ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``.
     """
-    if n_iteration < 1:
+    if int(n_iteration) < 1:
         raise ValueError('n_iteration must be at least 1, got {}'.format(n_iteration))
-    return kernels.routing(u_hat, n_iteration, grad_all_iterations)
+    u_hat = chainer.as_variable(u_hat)
+    B, J, I, D = u_hat.shape
+    xp = chainer.backend.get_array_module(u_hat)
+    # What the logits are computed from: u_hat itself, or a constant copy of it.
+    u_agree = u_hat if grad_all_iterations else chainer.Variable(
+        u_hat.array, requires_grad=False)  # (B, J, I, D)
+    b = xp.zeros((B, J, I), u_hat.dtype)  # (B, J, I)
+    for r in range(n_iteration):
+        last = r == n_iteration - 1
+        u = u_hat if last else u_agree  # (B, J, I, D)
+        c = F.softmax(b, axis=1)  # (B, J, I), over the digits
+        s = F.sum(F.broadcast_to(c[:, :, :, None], u.shape) * u, axis=2)  # (B, J, D)
+        v = squash(s)  # (B, J, D)
+        if not last:
+            b = b + F.sum(u * F.broadcast_to(v[:, :, None, :], u.shape), axis=3)  # (B, J, I)
+    return v
+
+
+def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=True):
+    """Predictions from maps shared by the cells of each capsule type, then routing.
+
+    Plain :func:`prediction_vectors` with ``n_cell = N`` followed by :func:`routing`;
+    :func:`capsnet_chainer.routing_kernels.shared_routing` computes the same without
+    forming ``u_hat``.
+
+    Args:
+        u (~chainer.Variable): Primary capsules ``(B, T, N, P)``: T types on N cells.
+        W (~chainer.Variable): Maps ``(T, P, J * D)``.
+        b (~chainer.Variable): Biases ``(T, J * D)`` or ``None``.
+        n_class (int): ``J``.
+        n_iteration (int): Routing iterations.
+        grad_all_iterations (bool): See :func:`routing`.
+
+    Returns:
+        ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``.
+    """
+    B, T, N, P = u.shape
+    u = F.reshape(u, (B, T * N, P))  # (B, I, P)
+    u_hat = prediction_vectors(u, W, b, n_class, N)  # (B, J, I, D)
+    return routing(u_hat, n_iteration, grad_all_iterations)  # (B, J, D)
 
 
 def margin_loss(lengths, t, m_plus=0.9, m_minus=0.1, lambda_=0.5):

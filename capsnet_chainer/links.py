@@ -1,5 +1,11 @@
 """The CapsNet layers as Chainer Links: primary capsules, digit capsules, decoder.
 
+Each link that has a fast kernel chooses it in one visible place, its ``forward``:
+``if self.fast:`` the kernel (:mod:`capsnet_chainer.conv_kernel`,
+:mod:`capsnet_chainer.routing_kernels`), else the plain equations in
+:mod:`chainer.functions` (:mod:`capsnet_chainer.functions`). Both compute the same; the
+kernels are several times faster on the CPU.
+
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017, Sec. 4.
 """
 
@@ -9,10 +15,11 @@ import chainer.links as L
 from chainer import initializers
 import numpy
 
-from capsnet_chainer import kernels
+from capsnet_chainer import conv_kernel
+from capsnet_chainer import functions
 from capsnet_chainer.functions import mask
-from capsnet_chainer.functions import routing
 from capsnet_chainer.functions import squash
+from capsnet_chainer import routing_kernels
 
 #: The reference initialises every weight from Uniform(-0.05, 0.05), biases at zero.
 DEFAULT_INITIALW = initializers.Uniform(scale=0.05)
@@ -24,9 +31,15 @@ class Convolution2D(L.Convolution2D):
     The parameters (``W`` ``(O, C, kh, kw)``, ``b``), their names and initialisation are
     those of the parent class, so model files are unchanged. Valid (unpadded),
     undilated, ungrouped convolutions of NumPy arrays run as
-    :func:`~capsnet_chainer.kernels.convolution_2d`; others, and every convolution on a
-    GPU (where cuDNN's is the fast one), fall back to the parent's code.
+    :func:`~capsnet_chainer.conv_kernel.convolution_2d`; others, every convolution on a
+    GPU (where cuDNN's is the fast one), and all of them when :attr:`fast` is
+    ``False``, fall back to the parent's code.
+
+    Attributes:
+        fast (bool): Use the kernel where it applies (default ``True``).
     """
+
+    fast = True
 
     def forward(self, x):
         """Args: x ``(B, C, H, W)``. Returns: ``(B, O, H', W')``, a view of channels-last
@@ -41,7 +54,8 @@ class Convolution2D(L.Convolution2D):
 
         Args:
             x (~chainer.Variable or array): Images ``(B, H, W, C)``, any strides.
-            slope (float or None): See :func:`~capsnet_chainer.kernels.convolution_2d`.
+            slope (float or None): See
+                :func:`~capsnet_chainer.conv_kernel.convolution_2d`.
 
         Returns:
             ~chainer.Variable: ``(B, H', W', O)``, C-contiguous.
@@ -53,10 +67,10 @@ class Convolution2D(L.Convolution2D):
             if slope is not None:
                 h = F.relu(h) if slope == 0 else F.leaky_relu(h, slope)
             return h
-        return kernels.convolution_2d(x, self.W, self.b, self.stride, slope)
+        return conv_kernel.convolution_2d(x, self.W, self.b, self.stride, slope)
 
     def _fast(self):
-        return (self.xp is numpy and tuple(self.pad) == (0, 0)
+        return (self.fast and self.xp is numpy and tuple(self.pad) == (0, 0)
                 and tuple(self.dilate) == (1, 1) and self.groups == 1)
 
 
@@ -88,17 +102,18 @@ class PrimaryCapsules(chainer.Chain):
                                       initialW=initialW)
 
     def forward(self, h):
-        """Args: h ``(B, C, H, W)``. Returns: u ``(B, n_type * H' * W', dim)``.
+        """Args: h ``(B, C, H, W)``. Returns: u ``(B, I, P)``, ``I = n_type * H' * W'``.
 
         The convolution runs on the channels-last view of ``h``, which is free when
-        ``h`` is itself a view of channels-last memory, as :meth:`CapsNet.capsules`
+        ``h`` is itself a view of channels-last memory, as
+        :meth:`CapsNet.digit_capsules`
         passes it.
         """
-        y = self.conv.forward_nhwc(F.transpose(h, (0, 2, 3, 1)))  # (B, 6, 6, n_type * dim)
+        y = self.conv.forward_nhwc(F.transpose(h, (0, 2, 3, 1)))  # (B, 6, 6, T * P)
         B, H, W, _ = y.shape
-        u = F.reshape(y, (B, H * W, self.n_type, self.dim))
+        u = F.reshape(y, (B, H * W, self.n_type, self.dim))  # (B, N, T, P)
         u = F.reshape(F.transpose(u, (0, 2, 1, 3)), (B, self.n_type * H * W, self.dim))
-        return squash(u) if self.squash else u  # (B, 1152, 8)
+        return squash(u) if self.squash else u  # (B, I, P)
 
 
 class DigitCapsules(chainer.Link):
@@ -120,6 +135,8 @@ class DigitCapsules(chainer.Link):
         initialW: Weight initializer.
 
     Attributes:
+        fast (bool): Compute with the routing kernels (default ``True``) or with the
+            plain equations of :mod:`capsnet_chainer.functions`.
         W (~chainer.Parameter): ``(n_type, in_dim, n_class * out_dim)`` when shared,
             ``(n_type * n_cell, in_dim, n_class * out_dim)`` otherwise. Output column
             ``j * out_dim + d`` is dimension ``d`` of digit ``j``.
@@ -137,6 +154,7 @@ class DigitCapsules(chainer.Link):
         self.shared = shared
         self.n_iteration = n_iteration
         self.grad_all_iterations = grad_all_iterations
+        self.fast = True
         n_map = n_type if shared else n_type * n_cell
         with self.init_scope():
             self.W = chainer.Parameter(initialW, (n_map, in_dim, n_class * out_dim))
@@ -144,23 +162,30 @@ class DigitCapsules(chainer.Link):
                 self.b = chainer.Parameter(0, (n_type, n_class * out_dim))
 
     def predict_vectors(self, u):
-        """Args: u ``(B, I, in_dim)``. Returns: u_hat ``(B, n_class, I, out_dim)``."""
+        """Args: u ``(B, I, P)``. Returns: u_hat ``(B, J, I, D)``."""
+        predict = (routing_kernels.prediction_vectors if self.fast
+                   else functions.prediction_vectors)
         if self.shared:
-            return kernels.prediction_vectors(u, self.W, self.b, self.n_class, self.n_cell)
-        return kernels.prediction_vectors(u, self.W, None, self.n_class)
+            return predict(u, self.W, self.b, self.n_class, self.n_cell)
+        return predict(u, self.W, None, self.n_class)
 
     def forward(self, u):
-        """Args: u ``(B, I, in_dim)``. Returns: v ``(B, n_class, out_dim)``.
+        """Args: u ``(B, I, P)``. Returns: v ``(B, J, D)``.
 
-        Shared maps go through :func:`~capsnet_chainer.kernels.shared_routing`, which
-        never forms ``u_hat``; unshared ones through :meth:`predict_vectors` and
-        :func:`~capsnet_chainer.functions.routing`.
+        Shared maps go through :func:`~capsnet_chainer.routing_kernels.shared_routing`,
+        which never forms ``u_hat``; unshared ones through :meth:`predict_vectors` and
+        :func:`~capsnet_chainer.routing_kernels.routing`. With ``fast`` off, the same
+        computations run as the plain equations of :mod:`capsnet_chainer.functions`.
         """
+        if self.fast:
+            shared_routing, routing = routing_kernels.shared_routing, routing_kernels.routing
+        else:
+            shared_routing, routing = functions.shared_routing, functions.routing
         if self.shared:
-            B, _, in_dim = u.shape
-            u = F.reshape(u, (B, self.n_type, self.n_cell, in_dim))
-            return kernels.shared_routing(u, self.W, self.b, self.n_class, self.n_iteration,
-                                          self.grad_all_iterations)
+            B, _, P = u.shape
+            u = F.reshape(u, (B, self.n_type, self.n_cell, P))  # (B, T, N, P)
+            return shared_routing(u, self.W, self.b, self.n_class, self.n_iteration,
+                                  self.grad_all_iterations)
         return routing(self.predict_vectors(u), self.n_iteration, self.grad_all_iterations)
 
 

@@ -1,8 +1,11 @@
-"""Random-number generator states in snapshots, so that a resumed run draws the same."""
+"""Random states: seeding, and every generator's state in snapshots, so that a resumed
+run draws the same."""
 
 import random
 
 import numpy
+from chainer.iterators import SerialIterator
+from chainer.iterators import ShuffleOrderSampler
 
 
 def serialize_random_state(serializer, rng):
@@ -29,3 +32,28 @@ def serialize_python_random(serializer):
     gauss = serializer('gauss', float(gauss or 0.0))
     random.setstate((version, tuple(int(v) for v in internal),
                      float(gauss) if has_gauss else None))
+
+
+def set_random_seed(seed, device=None):
+    """Seeds ``random``, ``numpy.random`` and, on a GPU, the device's ``xp.random``."""
+    random.seed(seed)
+    numpy.random.seed(seed)
+    if device is not None and device.xp is not numpy:
+        device.xp.random.seed(seed)
+
+
+class SeededShuffleIterator(SerialIterator):
+    """A shuffling :class:`SerialIterator` with its own RNG, saved in snapshots.
+
+    Chainer's iterator saves the current epoch's order but not the generator that draws
+    the next ones; this one saves both, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, dataset, batch_size, seed):
+        self._rng = numpy.random.RandomState(seed)
+        super().__init__(dataset, batch_size, repeat=True,
+                         order_sampler=ShuffleOrderSampler(self._rng))
+
+    def serialize(self, serializer):
+        super().serialize(serializer)
+        serialize_random_state(serializer['rng'], self._rng)

@@ -29,7 +29,7 @@ def mnist_dir():
     """
     path = _mnist_dir()
     if path is None:
-        from capsnet_chainer.datasets import DatasetError, get_mnist
+        from capsnet_chainer.mnist import DatasetError, get_mnist
         import chainer
         try:
             get_mnist(n_train=1, n_test=1)
@@ -62,3 +62,24 @@ def trained_run(tmp_path_factory, mnist_dir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {'dir': folder, 'model': str(folder / 'saved_model'),
             'out': str(folder / 'result'), 'stdout': proc.stdout}
+
+
+def tile_colours(png, n_row, n_col):
+    """Mean RGB of the middle of each tile of a saved grid figure, ``(rows, cols, 3)``."""
+    import matplotlib.image
+    import numpy
+    image = matplotlib.image.imread(png)[..., :3]
+    H, W = image.shape[:2]
+    h, w = H / n_row, W / n_col
+    out = numpy.empty((n_row, n_col, 3))
+    for r in range(n_row):
+        for c in range(n_col):
+            cell = image[int(r * h + h / 4):int((r + 1) * h - h / 4),
+                         int(c * w + w / 4):int((c + 1) * w - w / 4)]
+            out[r, c] = cell.reshape((-1, 3)).mean(axis=0)
+    return out
+
+
+def is_green(rgb):
+    """Tiles drawn with Greens have more green than blue; Blues, the opposite."""
+    return rgb[..., 1] > rgb[..., 2]

@@ -17,8 +17,10 @@ from chainer import testing
 from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
 from capsnet_chainer import save_model
-from capsnet_chainer.datasets import get_mnist
-from capsnet_chainer.model import read_model_file
+from capsnet_chainer.mnist import get_mnist
+from capsnet_chainer.modelfile import read_model_file
+from conftest import is_green
+from conftest import tile_colours
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TEST = 100
@@ -36,25 +38,6 @@ def run_analyze(args, cwd, timeout=600):
     return subprocess.run([sys.executable, os.path.join(REPO, 'analyze.py')] + list(args),
                           cwd=str(cwd), env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def tile_colours(png, n_row, n_col):
-    """Mean RGB of the middle of each tile of a saved grid figure, ``(R, C, 3)``."""
-    image = matplotlib.image.imread(png)[..., :3]
-    H, W = image.shape[:2]
-    h, w = H / n_row, W / n_col
-    out = numpy.empty((n_row, n_col, 3))
-    for r in range(n_row):
-        for c in range(n_col):
-            cell = image[int(r * h + h / 4):int((r + 1) * h - h / 4),
-                         int(c * w + w / 4):int((c + 1) * w - w / 4)]
-            out[r, c] = cell.reshape((-1, 3)).mean(axis=0)
-    return out
-
-
-def green(rgb):
-    """Tiles drawn with Greens have more green than blue; Blues, the opposite."""
-    return rgb[..., 1] > rgb[..., 2]
 
 
 def assert_one_line_error(proc, text, returncode=1):
@@ -128,7 +111,7 @@ def test_metrics_agree_with_an_independent_count(analyzed, mnist_dir):
     assert metrics['evaluation']['augmentation'] == 'none'
 
 
-def test_metrics_provenance(analyzed):
+def test_metrics_record_the_config_and_the_model_files_sha256(analyzed):
     metrics, path = analyzed['metrics'], analyzed['model']
     config, meta = read_model_file(path)
     assert metrics['config'] == config
@@ -149,8 +132,8 @@ def test_figure_sizes_and_colours(analyzed):
         assert matplotlib.image.imread(path).shape[:2] == (R * 50, C * 50), name
         colours = tile_colours(path, R, C)
         given = 4 if name.startswith('vis_tweaked') else 0
-        assert green(colours[given]).all(), name
-        assert not green(numpy.delete(colours, given, axis=0)).any(), name
+        assert is_green(colours[given]).all(), name
+        assert not is_green(numpy.delete(colours, given, axis=0)).any(), name
     n_shown = len(analyzed['metrics']['misclassified'])
     if n_shown:
         assert matplotlib.image.imread(str(out / 'misclassified.png')).shape[1] == (
@@ -168,8 +151,8 @@ def test_paper_perturbation_and_untrained_decoder(untrained_model, mnist_dir, tm
     path = str(tmp_path / 'out' / 'vis_tweaked5.png')
     assert matplotlib.image.imread(path).shape[:2] == (16 * 50, 11 * 50)
     colours = tile_colours(path, 16, 11)
-    assert green(colours[:, 5]).all()
-    assert not green(numpy.delete(colours, 5, axis=1)).any()
+    assert is_green(colours[:, 5]).all()
+    assert not is_green(numpy.delete(colours, 5, axis=1)).any()
     with open(str(tmp_path / 'out' / 'metrics.json')) as f:
         metrics = json.load(f)
     assert metrics['n_test'] == 5 and metrics['config']['reconstruct'] is False

@@ -1,7 +1,6 @@
 """train.py under failure: SIGKILL and exact resume, atomic writes, clear errors, NaN,
 same seed same run. Each test runs the real command line in a temporary folder."""
 
-import errno
 import gzip
 import hashlib
 import json
@@ -17,19 +16,16 @@ import time
 
 import capsnet_chainer  # noqa: F401  (before chainer: restores numpy.sctypes)
 
-import chainer
-import chainer.links as L
 import numpy
 import pytest
 from chainer import testing
 
 from capsnet_chainer import cli
-from capsnet_chainer import training as capsnet_training
-from capsnet_chainer.datasets import MNIST_FILES
-from capsnet_chainer.model import load_model
-from capsnet_chainer.model import META_KEY
-from capsnet_chainer.model import ModelFileError
-from capsnet_chainer.fileio import write_atomic
+from capsnet_chainer.idx import MNIST_FILES
+from capsnet_chainer.modelfile import load_model
+from capsnet_chainer.modelfile import META_KEY
+from capsnet_chainer.modelfile import ModelFileError
+from capsnet_chainer.snapshots import list_snapshots
 from conftest import REPO
 from conftest import run_train
 
@@ -225,26 +221,6 @@ def test_sigkill_at_random_points_then_resume_is_exact(straight, tmp_path, mnist
     assert_same_state(run_state(tmp_path), run_state(straight['dir']))
 
 
-def test_resume_picks_the_most_advanced_snapshot(tmp_path):
-    # Names do not order snapshots: snapshot_iter_9 is past snapshot_epoch_2 here.
-    for name, iteration in [('snapshot_epoch_2', 8), ('snapshot_iter_9', 9),
-                            ('snapshot_iter_10', 10), ('snapshot_epoch_3', 12)]:
-        with open(str(tmp_path / name), 'wb') as f:
-            numpy.savez(f, **{'updater/iteration': iteration})
-    assert capsnet_training.latest_snapshot(str(tmp_path)) == str(
-        tmp_path / 'snapshot_epoch_3')
-    (tmp_path / 'snapshot_epoch_3').write_bytes(b'PK\x03\x04 truncated')
-    (tmp_path / '.snapshot_iter_11.abcd1234.tmp').write_bytes(b'partial')
-    snapshots, unreadable = capsnet_training.list_snapshots(str(tmp_path))
-    assert [it for it, _ in snapshots] == [8, 9, 10]
-    assert unreadable == [str(tmp_path / 'snapshot_epoch_3')]
-    assert capsnet_training.remove_stale_temp_files(str(tmp_path)) == [
-        str(tmp_path / '.snapshot_iter_11.abcd1234.tmp')]
-    capsnet_training.remove_old_snapshots(str(tmp_path), 2, 10)
-    assert sorted(os.listdir(str(tmp_path))) == [
-        'snapshot_epoch_3', 'snapshot_iter_10', 'snapshot_iter_9']
-
-
 # 6. Same seed, same run
 
 
@@ -306,20 +282,6 @@ def test_full_disk_keeps_the_previous_snapshot_and_best_model(tmp_path, mnist_di
     assert 'Resuming from result/snapshot_epoch_1' in proc.stdout
 
 
-def test_write_atomic_keeps_the_old_file_on_a_full_disk(tmp_path):
-    path = tmp_path / 'best'
-    path.write_bytes(b'old model')
-
-    def fills_the_disk(f):
-        f.write(b'half of the new mod')
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    with pytest.raises(OSError) as e:
-        write_atomic(str(path), fills_the_disk)
-    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
-    assert path.read_bytes() == b'old model'
-    assert os.listdir(str(tmp_path)) == ['best']
-
-
 def test_data_cache_write_is_atomic(tmp_path, mnist_dir):
     """A cache file that cannot be written completely leaves the old one as it was."""
     cache = tmp_path / 'cache'
@@ -328,7 +290,7 @@ def test_data_cache_write_is_atomic(tmp_path, mnist_dir):
     (cache / name).write_bytes(b'an old, invalid cache file')
     script = (
         'import capsnet_chainer, sys\n'
-        'from capsnet_chainer.datasets import DatasetError, get_mnist\n'
+        'from capsnet_chainer.mnist import DatasetError, get_mnist\n'
         'def source(name):\n'
         '    with open({!r} + "/" + name, "rb") as f:\n'
         '        return f.read()\n'
@@ -590,41 +552,13 @@ def test_nan_loss_stops_with_the_last_good_snapshot(tmp_path, mnist_dir):
     assert epoch == 1 and iteration >= 2
     assert last == os.path.join('result', 'snapshot_iter_{}'.format(iteration - 1))
     # Every snapshot is of finite weights, none is of the bad step or after it.
-    snapshots, _ = capsnet_training.list_snapshots(str(tmp_path / 'result'))
+    snapshots, _ = list_snapshots(str(tmp_path / 'result'))
     assert [it for it, _ in snapshots] == list(range(1, iteration))
     model, meta = load_model(str(tmp_path / last))
     assert all(numpy.isfinite(p.array).all() for p in model.params())
     assert meta['iteration'] == iteration - 1
     assert not (tmp_path / 'result' / 'log').exists()  # no epoch was completed
     assert not (tmp_path / 'best').exists()
-
-
-class _SqrtLoss(chainer.Chain):
-    """A loss that is finite (0) while its gradient is not (d sqrt(x)/dx at 0)."""
-
-    def __init__(self):
-        super().__init__()
-        with self.init_scope():
-            self.fc = L.Linear(2, 1, initialW=0, initial_bias=0)
-
-    def forward(self, x, t):
-        return chainer.functions.sum(chainer.functions.sqrt(self.fc(x) ** 2))
-
-
-def test_nan_gradient_stops_before_the_update():
-    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
-    model = _SqrtLoss()
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(model)
-    updater = capsnet_training.ConverterStateUpdater(
-        capsnet_training.SeededShuffleIterator(data, 2, 0), optimizer)
-    with pytest.raises(capsnet_training.NonFiniteError) as e:
-        updater.update()
-    assert str(e.value) == 'non-finite gradient of fc/W at epoch 1, iteration 1'
-    assert (model.fc.W.array == 0).all() and optimizer.t == 0  # not updated
-
-
-testing.run_module(__name__, __file__)
 
 
 def _with_nan(source, target, key):
@@ -660,3 +594,6 @@ def test_a_snapshot_with_nan_is_refused_on_resume(done_run, tmp_path, mnist_dir)
                      tmp_path, timeout=300)
     line = one_error_line(proc, cli.EXIT_FAILURE)
     assert 'snapshot_epoch_1: array {} holds 1 NaN'.format(key) in line
+
+
+testing.run_module(__name__, __file__)

@@ -1,12 +1,15 @@
-"""The fast model against a plain implementation of SPEC's equations.
+"""The model against a plain implementation of SPEC's equations.
 
 :func:`plain_loss` computes the network the straightforward way, in
 :mod:`chainer.functions` and with no kernel of ours: Chainer's convolution, capsule
 type ``k`` at a grid cell as channels ``8k .. 8k+7``, one ``8 -> 160`` product per
-primary capsule with its type's (or its own) matrix, the routing loop of Procedure 1,
-the decoder. For every switch of :class:`CapsNet` the fast model's outputs, loss and
-the gradients of every parameter and of the input must agree with it: to rounding in
-float64, and to float32 precision in float32.
+primary capsule with its type's (or its own) matrix, the library's plain routing
+(:func:`capsnet_chainer.functions.routing`, Procedure 1), the decoder. The kernels
+themselves are compared with the library's plain functions in test_routing_kernels.py
+and with Chainer's convolution in test_conv_kernel.py. For every switch of
+:class:`CapsNet` the fast model's outputs, loss and the gradients of every parameter
+and of the input must agree with it: to rounding in float64, and to float32 precision
+in float32.
 """
 
 import chainer
@@ -16,34 +19,10 @@ import pytest
 from chainer import testing
 
 from capsnet_chainer import CapsNet
-from capsnet_chainer import kernels
-
-EPS = 1e-8
-
-
-def plain_squash(s):
-    """``v = s |s| / (1 + |s|^2)`` on the last axis, ``EPS`` inside the norm."""
-    sq = F.sum(s * s, axis=-1, keepdims=True)
-    return s * F.broadcast_to(F.sqrt(sq + EPS) / (1 + sq), s.shape)
-
-
-def plain_routing(u_hat, n_iteration, grad_all_iterations):
-    """Procedure 1: ``b = 0``; ``c = softmax_j(b)``, ``s_j = sum_i c_ij u_hat[j|i]``,
-    ``v_j = squash(s_j)``, ``b_ij += v_j . u_hat[j|i]``. Without ``grad_all_iterations``
-    the coefficients are constants: the gradient flows through the last sum only."""
-    B, J, I, D = u_hat.shape
-    u_fixed = u_hat if grad_all_iterations else chainer.Variable(u_hat.array)
-    b = chainer.Variable(numpy.zeros((B, J, I), u_hat.dtype))
-    for r in range(n_iteration):
-        last = r == n_iteration - 1
-        c = F.softmax(b, axis=1)  # over the digits
-        u = u_hat if last else u_fixed
-        s = F.sum(F.broadcast_to(c[:, :, :, None], u.shape) * u, axis=2)  # (B, J, D)
-        v = plain_squash(s)
-        if not last:
-            v_agree = v if grad_all_iterations else chainer.Variable(v.array)
-            b = b + F.sum(u_fixed * F.broadcast_to(v_agree[:, :, None, :], u.shape), axis=3)
-    return v
+from capsnet_chainer import conv_kernel
+from capsnet_chainer.functions import EPS
+from capsnet_chainer.functions import routing
+from capsnet_chainer.functions import squash
 
 
 def plain_capsules(model, x):
@@ -57,7 +36,7 @@ def plain_capsules(model, x):
     u = F.reshape(F.transpose(F.reshape(h, (B, 32, 8, H * W)), (0, 1, 3, 2)),
                   (B, 32 * H * W, 8))
     if cfg['squash_primary']:
-        u = plain_squash(u)
+        u = squash(u)
     # u_hat[b, j, i, d] = (u_i W_map(i) + b_map(i))[j * 16 + d]: the map of capsule i
     # is its type's (shared, with a bias) or its own.
     I, J = u.shape[1], cfg['n_class']
@@ -66,7 +45,7 @@ def plain_capsules(model, x):
     if cfg['shared_weights']:
         u_hat = u_hat + F.broadcast_to(model.digits.b[maps][:, None, :], u_hat.shape)
     u_hat = F.transpose(F.reshape(u_hat, (I, B, J, 16)), (1, 2, 0, 3))  # (B, J, I, 16)
-    return plain_routing(u_hat, cfg['n_iteration'], cfg['grad_all_iterations'])
+    return routing(u_hat, cfg['n_iteration'], cfg['grad_all_iterations'])
 
 
 def plain_loss(model, x, t):
@@ -134,7 +113,7 @@ def run(model, loss_fn, x, t):
 
 def fast_loss(model, x, t):
     with chainer.no_backprop_mode():
-        v = model.capsules(x)
+        v = model.digit_capsules(x)
     reporter = chainer.Reporter()
     reporter.add_observer('main', model)
     with reporter.scope({}):
@@ -183,8 +162,8 @@ def test_fast_model_equals_plain_equations(kwargs, dtype):
 @pytest.mark.parametrize('kwargs', [{}])
 def test_fast_model_equals_plain_in_small_pieces(kwargs, monkeypatch):
     """The convolutions cut into one image and one kernel row at a time."""
-    monkeypatch.setattr(kernels, 'WORKSPACE_BYTES', 1)
-    monkeypatch.setattr(kernels, 'CACHE_BYTES', 1)
+    monkeypatch.setattr(conv_kernel, 'WORKSPACE_BYTES', 1)
+    monkeypatch.setattr(conv_kernel, 'CACHE_BYTES', 1)
     model = make_model(dict(kwargs, reconstruct=True), numpy.float64)
     x = numpy.random.rand(2, 1, 28, 28)
     t = numpy.array([1, 2], numpy.int32)
@@ -210,19 +189,21 @@ def test_test_time_loss_equals_plain(mask_test):
                                   rtol=1e-9)
 
 
-def test_plain_implementation_is_the_spec():
-    """The plain routing agrees with a per-example loop of Procedure 1 in NumPy."""
-    u_hat = numpy.random.randn(2, 3, 4, 5) * 0.5
-    v = plain_routing(chainer.Variable(u_hat), 3, True).array
-    for n in range(2):
-        b = numpy.zeros((3, 4))
-        for r in range(3):
-            c = numpy.exp(b) / numpy.exp(b).sum(axis=0)
-            s = numpy.einsum('ji,jid->jd', c, u_hat[n])
-            norm = numpy.sqrt((s * s).sum(axis=1, keepdims=True))
-            v_n = s * norm / (1 + norm ** 2)
-            b = b + numpy.einsum('jid,jd->ji', u_hat[n], v_n)
-        numpy.testing.assert_allclose(v[n], v_n, rtol=1e-6)
+@pytest.mark.parametrize('kwargs', [{'reconstruct': True},
+                                    {'reconstruct': True, 'shared_weights': False},
+                                    {'grad_all_iterations': False, 'leaky_slope': 0.0}])
+def test_model_without_fast_kernels_equals_plain_equations(kwargs):
+    model = make_model(kwargs, numpy.float64)
+    model.fast_kernels = False
+    x = numpy.random.rand(2, 1, 28, 28)
+    t = numpy.array([3, 7], numpy.int32)
+    loss, v, grads = run(model, fast_loss, x, t)
+    loss_ref, v_ref, grads_ref = run(model, plain_loss, x, t)
+    assert_close(v, v_ref, numpy.float64, 'capsules')
+    assert loss == pytest.approx(loss_ref, rel=1e-9)
+    assert set(grads) == set(grads_ref)
+    for name in grads_ref:
+        assert_close(grads[name], grads_ref[name], numpy.float64, name)
 
 
 testing.run_module(__name__, __file__)

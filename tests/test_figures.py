@@ -12,7 +12,9 @@ from chainer import testing
 
 from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
-from capsnet_chainer.datasets import get_mnist
+from capsnet_chainer.mnist import get_mnist
+from conftest import is_green
+from conftest import tile_colours
 
 # MNIST test labels 0..19: 7 2 1 0 4 1 4 9 5 9 0 6 9 0 1 5 9 7 3 4.
 FIRST_ZEROS = [3, 10]
@@ -52,7 +54,7 @@ def samples():
 def independent_decode(model, x, labels, edit=None):
     """Decoder output ``(N, 28, 28)`` computed directly from the model's methods."""
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        v = model.capsules(x).array
+        v = model.digit_capsules(x).array
         if edit is not None:
             edit(v)
         return model.decode(v, numpy.asarray(labels, numpy.int32)).array[:, 0]
@@ -76,24 +78,6 @@ def assert_images(ax, tiles, cmaps):
 
 def row_cmaps(names, n_col):
     return [[name] * n_col for name in names]
-
-
-def tile_colours(png, n_row, n_col):
-    """Mean RGB of the middle of each tile of a saved grid figure, ``(R, C, 3)``."""
-    image = matplotlib.image.imread(png)[..., :3]
-    H, W = image.shape[:2]
-    h, w = H / n_row, W / n_col
-    out = numpy.empty((n_row, n_col, 3))
-    for r in range(n_row):
-        for c in range(n_col):
-            cell = image[int(r * h + h / 4):int((r + 1) * h - h / 4),
-                         int(c * w + w / 4):int((c + 1) * w - w / 4)]
-            out[r, c] = cell.reshape((-1, 3)).mean(axis=0)
-    return out
-
-
-def is_green(rgb):
-    return rgb[..., 1] > rgb[..., 2]
 
 
 # Samples and steps
@@ -125,7 +109,7 @@ def test_select_samples_mnist_test_set(mnist_dir):
         assert index[2 * k:2 * k + 2].tolist() == numpy.flatnonzero(t == k)[:2].tolist()
 
 
-def test_steps():
+def test_perturbation_steps_are_the_reference_and_paper_ranges():
     numpy.testing.assert_allclose(figures.REFERENCE_STEPS, numpy.linspace(-0.3, 0.3, 9))
     numpy.testing.assert_allclose(figures.PAPER_STEPS, numpy.linspace(-0.25, 0.25, 11))
     assert figures.REFERENCE_STEPS[4] == 0 and figures.PAPER_STEPS[5] == 0
@@ -150,7 +134,7 @@ def test_masking_grid_rows(model, samples):
     assert grid.shape == (11, 6, 28, 28)
     numpy.testing.assert_array_equal(grid[0], x[:6, 0])
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        v = model.capsules(x[:6])
+        v = model.digit_capsules(x[:6])
         for i in range(10):
             expected = model.decode(v, numpy.full(6, i, numpy.int32)).array[:, 0]
             numpy.testing.assert_allclose(grid[i + 1], expected, atol=1e-6)
@@ -282,34 +266,6 @@ def test_write_sample_figures(model, samples, tmp_path):
 # Evaluation
 
 
-def test_classification_metrics():
-    t = numpy.array([0, 0, 1, 1, 1, 2, 2, 3])
-    pred = numpy.array([0, 1, 1, 1, 3, 2, 2, 3])  # column sums differ from row sums
-    scores = numpy.eye(5, dtype=numpy.float32)[pred] * 0.9
-    m = figures.classification_metrics(t, scores)
-    assert m['n_test'] == 8 and m['n_correct'] == 6
-    assert m['accuracy'] == 6 / 8 and m['error_rate'] == 2 / 8
-    assert m['per_class_accuracy'] == [0.5, 2 / 3, 1.0, 1.0, None]
-    assert m['per_class_count'] == [2, 3, 2, 1, 0]
-    expected = numpy.zeros((5, 5), int)
-    for a, b in zip(t, pred):
-        expected[a, b] += 1
-    assert m['confusion_matrix'] == expected.tolist()
-
-
-def test_most_confident_errors():
-    t = numpy.array([0, 1, 2, 3, 4])
-    scores = numpy.zeros((5, 5), numpy.float32)
-    scores[0, 0] = 0.99  # right
-    scores[1, 3] = 0.5   # wrong, 0.5
-    scores[2, 4] = 0.8   # wrong, 0.8
-    scores[3, 3] = 0.9   # right
-    scores[4, 0] = 0.7   # wrong, 0.7
-    assert figures.most_confident_errors(t, scores, 10).tolist() == [2, 4, 1]
-    assert figures.most_confident_errors(t, scores, 2).tolist() == [2, 4]
-    assert figures.most_confident_errors(t[[0, 3]], scores[[0, 3]]).tolist() == []
-
-
 def test_plot_confusion():
     matrix = numpy.array([[8, 2], [0, 5]])
     ax = figures.plot_confusion(matrix)
@@ -338,13 +294,6 @@ def test_plot_misclassified(model, samples):
     assert titles == ['true {}\npred {}\n0.90'.format(t[i], (t[i] + 1) % 10) for i in index]
     empty = figures.plot_misclassified(model, x, t, scores, [])
     assert len(empty.images) == 0 and 'no misclassified' in empty.texts[0].get_text()
-
-
-def test_file_sha256(tmp_path):
-    path = tmp_path / 'f'
-    path.write_bytes(b'abc')
-    assert figures.file_sha256(str(path)) == (
-        'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad')
 
 
 # The training-time view

@@ -19,8 +19,9 @@ def softmax_ref(b, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def routing_ref(u_hat, n_iteration):
-    """Procedure 1 of the paper, one example and one digit at a time."""
+def procedure_1_numpy(u_hat, n_iteration):
+    """Procedure 1 of the paper in NumPy, one example, digit and capsule at a time:
+    the independent check of :func:`functions.routing`. Returns ``(v, c)``."""
     B, J, I, D = u_hat.shape
     b = numpy.zeros((B, J, I))
     for r in range(n_iteration):
@@ -91,15 +92,15 @@ def test_capsule_length_backward():
 
 
 @pytest.mark.parametrize('n_iteration', [1, 2, 3])
-def test_routing_forward(n_iteration):
+def test_routing_forward_equals_procedure_1(n_iteration):
     u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
     v = functions.routing(u_hat, n_iteration).array
-    v_ref, _ = routing_ref(u_hat, n_iteration)
+    v_ref, _ = procedure_1_numpy(u_hat, n_iteration)
     numpy.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize('n_iteration', [1, 2, 3])
-def test_routing_backward(n_iteration):
+def test_routing_passes_gradient_check(n_iteration):
     u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
     gy = numpy.random.randn(2, 3, 4)
 
@@ -118,7 +119,7 @@ def test_routing_gradient_through_last_iteration_only(n_iteration):
     v = functions.routing(u, n_iteration, grad_all_iterations=False)
     v.grad = gy
     v.backward()
-    v_ref, c = routing_ref(u_hat, n_iteration)
+    v_ref, c = procedure_1_numpy(u_hat, n_iteration)
     numpy.testing.assert_allclose(v.array, v_ref, rtol=1e-6, atol=1e-7)
 
     def last_sum(x):
@@ -142,6 +143,70 @@ def test_routing_gradient_through_last_iteration_only(n_iteration):
 def test_routing_rejects_zero_iterations():
     with pytest.raises(ValueError, match='n_iteration'):
         functions.routing(numpy.zeros((1, 2, 3, 4), numpy.float32), 0)
+
+
+def test_routing_passes_double_backward_check():
+    u_hat = numpy.random.randn(2, 3, 4, 3) * 0.5
+    gv = numpy.random.randn(2, 3, 3)
+    ggu = numpy.random.randn(*u_hat.shape)
+
+    def f(u):
+        return functions.routing(u, 3)
+    gradient_check.check_double_backward(f, u_hat, gv, ggu, dtype=numpy.float64,
+                                         atol=1e-4, rtol=1e-3)
+
+
+def test_routing_with_constant_coefficients_has_the_second_derivative_of_the_last_sum():
+    """With ``grad_all_iterations=False`` double backpropagation goes through
+    ``squash(sum_i c_ij u_hat[j|i])`` for the final, fixed ``c``, like the first."""
+    u_hat = numpy.random.randn(2, 3, 4, 3) * 0.5
+    gv = numpy.random.randn(2, 3, 3)
+    _, c = procedure_1_numpy(u_hat, 3)
+    second = []
+    for fn in (lambda u: functions.routing(u, 3, grad_all_iterations=False),
+               lambda u: functions.squash(F.sum(F.broadcast_to(c[..., None], u.shape) * u,
+                                                axis=2))):
+        u = chainer.Variable(u_hat.copy())
+        gu, = chainer.grad([F.sum(fn(u) * gv)], [u], enable_double_backprop=True)
+        ggu, = chainer.grad([F.sum(gu * gu)], [u])
+        second.append(ggu.array)
+    numpy.testing.assert_allclose(second[0], second[1], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize('n_cell, bias', [(3, True), (3, False), (1, False)])
+def test_prediction_vectors_are_each_capsules_map_applied(n_cell, bias):
+    """``u_hat[b, j, i, d] = (u[b, i] W[i // n_cell] + b[i // n_cell])[j * D + d]``."""
+    B, I, P, J, D = 2, 6, 3, 4, 5
+    u = numpy.random.randn(B, I, P)
+    W = numpy.random.randn(I // n_cell, P, J * D)
+    b = numpy.random.randn(I // n_cell, J * D) if bias else None
+    u_hat = functions.prediction_vectors(u, W, b, J, n_cell).array
+    assert u_hat.shape == (B, J, I, D)
+    for n in range(B):
+        for i in range(I):
+            row = u[n, i] @ W[i // n_cell] + (b[i // n_cell] if bias else 0)
+            numpy.testing.assert_allclose(u_hat[n, :, i], row.reshape((J, D)), rtol=1e-12)
+
+
+def test_prediction_vectors_reject_maps_that_do_not_fit():
+    with pytest.raises(ValueError, match='does not fit'):
+        functions.prediction_vectors(numpy.zeros((1, 6, 3)), numpy.zeros((4, 3, 20)),
+                                     None, 4, 2)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_shared_routing_passes_double_backward_check(bias):
+    u = numpy.random.randn(2, 2, 3, 3)
+    W = numpy.random.randn(2, 3, 3 * 4) * 0.5
+    b = numpy.random.randn(2, 3 * 4) * 0.5
+    inputs = (u, W, b) if bias else (u, W)
+    gv = numpy.random.randn(2, 3, 4)
+    ggs = tuple(numpy.random.randn(*a.shape) for a in inputs)
+
+    def f(*args):
+        return functions.shared_routing(*(args if bias else args + (None,)), n_class=3)
+    gradient_check.check_double_backward(f, inputs, gv, ggs, dtype=numpy.float64,
+                                         atol=1e-4, rtol=1e-3)
 
 
 def test_margin_loss_forward():

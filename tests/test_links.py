@@ -71,10 +71,12 @@ def u_hat_ref(link, u):
     return out
 
 
+@pytest.mark.parametrize('fast', [True, False])
 @pytest.mark.parametrize('shared', [True, False])
-def test_digit_capsule_predictions(shared):
+def test_digit_capsule_predictions_apply_each_capsules_map(shared, fast):
     link = links.DigitCapsules(n_type=3, n_cell=4, in_dim=8, n_class=5, out_dim=6,
                                shared=shared)
+    link.fast = fast
     if shared:
         link.b.array[...] = numpy.random.randn(*link.b.shape)
     u = numpy.random.randn(2, 12, 8).astype(numpy.float32)
@@ -95,10 +97,12 @@ def test_digit_capsule_shapes_and_init(shared):
         assert not hasattr(link, 'b')
 
 
+@pytest.mark.parametrize('fast', [True, False])
 @pytest.mark.parametrize('shared', [True, False])
-def test_digit_capsule_backward(shared):
+def test_digit_capsules_pass_gradient_check(shared, fast):
     link = links.DigitCapsules(n_type=2, n_cell=3, in_dim=4, n_class=3, out_dim=5,
                                shared=shared, initialW=chainer.initializers.Normal(0.5))
+    link.fast = fast
     link.to_cpu()
     u = numpy.random.randn(2, 6, 4)
     gy = numpy.random.randn(2, 3, 5)

@@ -4,10 +4,6 @@ import pytest
 from chainer import testing
 
 from capsnet_chainer import CapsNet
-from capsnet_chainer import load_model
-from capsnet_chainer import save_model
-from capsnet_chainer.model import read_model_file
-from capsnet_chainer.fileio import write_atomic
 
 REFERENCE_PARAMS = 6787088   # SPEC: conv1 20,992 + primary 5,308,672 + 46,080 + 1,411,344
 UNSHARED_PARAMS = 8215568    # one 8x160 matrix per primary capsule, no bias (paper: 8.2M)
@@ -49,18 +45,18 @@ def test_parts_of_the_parameter_count():
 
 
 @pytest.mark.parametrize('kwargs, n_params', SWITCHES)
-def test_switches_shapes_and_counts(kwargs, n_params):
+def test_each_switch_has_its_parameter_count_and_output_shapes(kwargs, n_params):
     model = CapsNet(**kwargs)
     assert model.count_params() == n_params
     x, t = batch()
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        v = model.capsules(x)
+        v = model.digit_capsules(x)
     assert v.shape == (4, 10, 16) and v.dtype == numpy.float32
     assert model.predict(x).shape == (4, 10)
 
 
 @pytest.mark.parametrize('reconstruct', [False, True])
-def test_training_step_reports(reconstruct):
+def test_training_step_updates_weights_and_reports_the_losses(reconstruct):
     model = CapsNet(reconstruct=reconstruct)
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
@@ -78,25 +74,25 @@ def test_training_step_reports(reconstruct):
     assert (recon > 0) == reconstruct
 
 
-def test_reconstruction_weight_and_label_mask():
+def test_reconstruction_loss_is_weighted_and_masked_by_the_label():
     model = CapsNet(reconstruct=True)
     x, t = batch()
     with chainer.no_backprop_mode():
         obs = reported(model, model, x, t)
-        v = model.capsules(x)
+        v = model.digit_capsules(x)
         expected = 0.0005 * ((model.decode(v, t).array - x) ** 2).sum() / 4
     assert obs['main/loss/recon'] == pytest.approx(float(expected), rel=1e-5)
 
 
 @pytest.mark.parametrize('mask_test', ['label', 'prediction'])
-def test_test_time_mask(mask_test):
+def test_test_time_mask_is_the_label_or_the_prediction(mask_test):
     model = CapsNet(reconstruct=True, mask_test=mask_test)
     x, _ = batch()
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         pred = model.predict(x).argmax(axis=1).astype(numpy.int32)
         wrong = (pred + 1) % 10
         obs = reported(model, model, x, wrong)
-        v = model.capsules(x)
+        v = model.digit_capsules(x)
         labels = wrong if mask_test == 'label' else pred
         expected = 0.0005 * ((model.decode(v, labels).array - x) ** 2).sum() / 4
     assert obs['main/loss/recon'] == pytest.approx(float(expected), rel=1e-5)
@@ -109,8 +105,8 @@ def test_leaky_slope_zero_is_relu():
     leaky_model.copyparams(relu_model)
     x, _ = batch()
     with chainer.no_backprop_mode():
-        assert not numpy.allclose(relu_model.capsules(x).array,
-                                  leaky_model.capsules(x).array)
+        assert not numpy.allclose(relu_model.digit_capsules(x).array,
+                                  leaky_model.digit_capsules(x).array)
 
 
 @pytest.mark.parametrize('kwargs', [{'leaky_slope': float('nan')}, {'leaky_slope': -1},
@@ -120,40 +116,16 @@ def test_bad_configuration_is_refused(kwargs):
         CapsNet(**kwargs)
 
 
-def test_model_file_carries_configuration(tmp_path):
-    model = CapsNet(reconstruct=True, shared_weights=False, n_iteration=2,
-                    squash_primary=True, leaky_slope=0.0)
-    path = str(tmp_path / 'saved_model')
-    save_model(model, path, meta={'epoch': 3})
-    assert (tmp_path / 'saved_model').exists()  # written exactly at --save's path
-    loaded, meta = load_model(path)
-    assert loaded.config == model.config and meta == {'epoch': 3}
+def test_fast_kernels_off_gives_the_same_capsules_and_is_not_configuration():
+    model = CapsNet(reconstruct=True)
+    plain = CapsNet(reconstruct=True, fast_kernels=False)
+    plain.copyparams(model)
+    assert model.fast_kernels and not plain.fast_kernels
+    assert 'fast_kernels' not in plain.config and plain.config == model.config
     x, _ = batch()
     with chainer.no_backprop_mode():
-        numpy.testing.assert_array_equal(loaded.capsules(x).array, model.capsules(x).array)
-
-
-def test_model_file_is_a_chainer_npz(tmp_path):
-    model = CapsNet()
-    path = str(tmp_path / 'm')
-    save_model(model, path)
-    other = CapsNet()
-    chainer.serializers.load_npz(path, other)  # extra config entries are ignored
-    numpy.testing.assert_array_equal(other.digits.W.array, model.digits.W.array)
-    assert read_model_file(path)[0] == model.config
-
-
-def test_atomic_write_keeps_the_old_file(tmp_path):
-    path = tmp_path / 'file'
-    path.write_bytes(b'old')
-
-    def failing(f):
-        f.write(b'half')
-        raise OSError('disk full')
-    with pytest.raises(OSError):
-        write_atomic(str(path), failing)
-    assert path.read_bytes() == b'old'
-    assert [p.name for p in tmp_path.iterdir()] == ['file']
+        numpy.testing.assert_allclose(plain.digit_capsules(x).array,
+                                      model.digit_capsules(x).array, rtol=1e-4, atol=1e-6)
 
 
 testing.run_module(__name__, __file__)

@@ -18,8 +18,8 @@ from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
 from capsnet_chainer import reference
 from capsnet_chainer.functions import mask
-from capsnet_chainer.model import ModelFileError
-from capsnet_chainer.model import read_model_file
+from capsnet_chainer.modelfile import ModelFileError
+from capsnet_chainer.modelfile import read_model_file
 from conftest import REPO
 
 
@@ -114,7 +114,7 @@ def test_reference_model_computes_the_same_capsules_and_reconstructions(tmp_path
     assert loaded.config == dict(CapsNet(reconstruct=True).config)
     x, t = batch()
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        v, v_loaded = model.capsules(x), loaded.capsules(x)
+        v, v_loaded = model.digit_capsules(x), loaded.digit_capsules(x)
         numpy.testing.assert_array_equal(v_loaded.array, v.array)
         numpy.testing.assert_array_equal(loaded.decode(v_loaded, t).array,
                                          model.decode(v, t).array)
@@ -134,7 +134,7 @@ def test_mapping_follows_the_reference_reading(tmp_path):
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         numpy.testing.assert_allclose(loaded.digits.predict_vectors(u).array,
                                       ref.predictions(u).array, rtol=1e-5, atol=1e-6)
-        v = loaded.capsules(x)
+        v = loaded.digit_capsules(x)
         numpy.testing.assert_allclose(
             loaded.decoder.fc1(F.reshape(mask(v, t), (len(t), 160))).array,
             ref.decoder_fc1(v, t).array, rtol=1e-5, atol=1e-6)

@@ -188,7 +188,7 @@ def test_a_training_set_smaller_than_a_batch_is_refused(tmp_path, mnist_dir, fla
 
 def test_public_api_step_on_real_digits(mnist_dir):
     from capsnet_chainer import CapsNet
-    from capsnet_chainer.datasets import get_mnist
+    from capsnet_chainer.mnist import get_mnist
     train, _ = get_mnist(data_dir=mnist_dir, n_train=8, n_test=1)
     x, t = chainer.dataset.concat_examples(train[:8])
     model = CapsNet(reconstruct=True)

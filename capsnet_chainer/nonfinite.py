@@ -1,0 +1,83 @@
+"""The non-finite check: a NaN or infinite loss, gradient or weight stops training.
+
+:class:`NonFiniteCheck` is an optimizer hook that Chainer calls between the backward
+pass and the update (``timing='pre'``), and :func:`finite_loss` wraps the loss function
+the updater calls, so that a diverged step never reaches the weights, a snapshot or the
+best model. Both name the epoch and iteration from the optimizer's own counts
+(``epoch``, updates ``t``), which a resumed run restores.
+"""
+
+import chainer
+import numpy
+
+
+class NonFiniteError(Exception):
+    """The loss, a gradient or a weight became NaN or infinite.
+
+    Attributes:
+        epoch (int): The epoch in progress (1-based).
+        iteration (int): The iteration that produced it (1-based).
+    """
+
+    def __init__(self, what, epoch, iteration):
+        super().__init__('non-finite {} at epoch {}, iteration {}'.format(
+            what, epoch, iteration))
+        self.epoch = epoch
+        self.iteration = iteration
+
+
+def to_float(array):
+    """A scalar array, on any device, as a Python float."""
+    return float(chainer.backend.CpuDevice().send(array))
+
+
+def first_non_finite(link, attr='array'):
+    """The name of the first parameter whose ``attr`` holds NaN or inf, else ``None``.
+
+    One float64 sum over all arrays first (NaN and infinities propagate), so a finite
+    model costs one device sync.
+    """
+    params = [(name, getattr(p, attr)) for name, p in link.namedparams()
+              if getattr(p, attr) is not None]
+    if not params:
+        return None
+    total = sum(a.sum(dtype=numpy.float64) for _, a in params)
+    if numpy.isfinite(to_float(total)):
+        return None
+    for name, a in params:
+        if not numpy.isfinite(to_float(a.sum(dtype=numpy.float64))):
+            return name.lstrip('/')
+    return 'the parameters'  # finite one by one, but the sum overflowed float64
+
+
+def _position(optimizer):
+    """``(epoch, iteration)`` of the update in progress, both 1-based."""
+    return optimizer.epoch + 1, optimizer.t + 1
+
+
+class NonFiniteCheck(object):
+    """Optimizer hook: raises :class:`NonFiniteError` before an update from non-finite
+    gradients. Register it with ``optimizer.add_hook(NonFiniteCheck(), timing='pre')``.
+    """
+
+    name = 'NonFiniteCheck'
+    timing = 'pre'
+    call_for_each_param = False
+
+    def __call__(self, optimizer):
+        bad = first_non_finite(optimizer.target, 'grad')
+        if bad is not None:
+            raise NonFiniteError('gradient of {}'.format(bad), *_position(optimizer))
+
+
+def finite_loss(loss_func, optimizer):
+    """``loss_func`` that raises :class:`NonFiniteError` when the loss it returns is NaN
+    or infinite, before the backward pass (an optimizer hook cannot see the loss)."""
+
+    def checked(*args, **kwargs):
+        loss = loss_func(*args, **kwargs)
+        value = to_float(loss.array)
+        if not numpy.isfinite(value):
+            raise NonFiniteError('loss ({})'.format(value), *_position(optimizer))
+        return loss
+    return checked

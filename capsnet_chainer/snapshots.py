@@ -1,0 +1,292 @@
+"""Snapshot files: writing, listing and cleaning them up, and the checks before a
+resume.
+
+A snapshot holds the whole trainer (the model, the optimizer state, the learning-rate
+schedule, the iterator's position and order, every random state, the log so far and
+the best score so far), plus the model's configuration and the settings of the run. A
+run killed at any moment and resumed from its last snapshot ends bit for bit where an
+uninterrupted run ends (on the CPU); only :data:`RESUMABLE_CHANGES` may differ.
+"""
+
+import json
+import os
+import re
+
+import chainer
+import numpy
+from chainer import training
+
+from capsnet_chainer.fileio import write_atomic
+from capsnet_chainer.modelfile import CONFIG_KEY
+from capsnet_chainer.modelfile import inspect_model_file
+from capsnet_chainer.modelfile import ModelFileError
+from capsnet_chainer.modelfile import non_finite_error
+from capsnet_chainer.modelfile import open_npz
+from capsnet_chainer.modelfile import read_array
+from capsnet_chainer.nonfinite import first_non_finite
+from capsnet_chainer.nonfinite import NonFiniteError
+
+SNAPSHOT_PREFIX = 'snapshot_'
+#: Snapshot names: at the end of an epoch, and every ``--snapshot-every`` iterations.
+EPOCH_SNAPSHOT = 'snapshot_epoch_{}'
+ITERATION_SNAPSHOT = 'snapshot_iter_{}'
+_SNAPSHOT_NAME = re.compile(r'^snapshot_(epoch|iter)_(\d+)$')
+#: The key under which a snapshot stores the settings of its run (a JSON string).
+SETTINGS_KEY = 'capsnet_chainer/train_settings'
+#: The temporary files of :func:`~capsnet_chainer.fileio.write_atomic`.
+_TEMP_NAME = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
+
+#: ``train.py`` flags about the bookkeeping of a run, not about what it computes or
+#: where: left out of the ``train_args`` that a model file records.
+BOOKKEEPING_FLAGS = ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')
+#: ``train.py`` flags that may change when a run is resumed: where, how long and how
+#: often it runs, not what it computes. Every other flag must match the snapshot.
+RESUMABLE_CHANGES = ('epoch', 'gpu', 'device', 'out', 'save', 'data_dir') + BOOKKEEPING_FLAGS
+
+
+class SnapshotError(ModelFileError):
+    """A file given to ``--resume`` is not a snapshot this run can continue from."""
+
+
+class Snapshot(training.Extension):
+    """Writes the whole trainer at the end of every epoch and every ``every`` iterations.
+
+    Files are ``snapshot_epoch_E`` at the end of epoch ``E`` and ``snapshot_iter_I``
+    after iteration ``I`` (mid-epoch), npz archives as
+    :func:`chainer.serializers.save_npz` writes them plus the model's configuration and
+    the run's settings (JSON). Each is written to a temporary file that is renamed when
+    complete; only then are the snapshots older than the ``keep`` newest removed. A
+    snapshot is never written of non-finite weights.
+
+    Args:
+        every (int): Also snapshot every ``every`` iterations; 0 only at epoch ends.
+        keep (int): Snapshots to keep.
+        settings (dict): The run's settings (:func:`run_settings`).
+    """
+
+    trigger = (1, 'iteration')
+    priority = -100  # after every other extension, as Chainer's snapshot
+
+    def __init__(self, every=0, keep=1, settings=None):
+        self.every = every
+        self.keep = keep
+        self.settings = dict(settings or {})
+
+    def __call__(self, trainer):
+        updater = trainer.updater
+        if updater.is_new_epoch:
+            name = EPOCH_SNAPSHOT.format(updater.epoch)
+        elif self.every and updater.iteration % self.every == 0:
+            name = ITERATION_SNAPSHOT.format(updater.iteration)
+        else:
+            return
+        self.write(trainer, name)
+
+    def write(self, trainer, name):
+        updater = trainer.updater
+        model = updater.get_optimizer('main').target
+        bad = first_non_finite(model)
+        if bad is not None:
+            raise NonFiniteError('weights in {}'.format(bad), updater.epoch,
+                                 updater.iteration)
+        serializer = chainer.serializers.DictionarySerializer()
+        serializer.save(trainer)
+        arrays = dict(serializer.target)
+        arrays[CONFIG_KEY] = numpy.array(json.dumps(getattr(model, 'config', {})))
+        arrays[SETTINGS_KEY] = numpy.array(json.dumps(self.settings, sort_keys=True))
+        path = os.path.join(trainer.out, name)
+        try:
+            write_atomic(path, lambda f: numpy.savez(f, **arrays))
+        except OSError as e:
+            raise OSError(e.errno, 'cannot write this snapshot ({}); the earlier snapshots '
+                          'are intact'.format(e.strerror), path) from None
+        remove_old_snapshots(trainer.out, self.keep, updater.iteration)
+        return path
+
+
+# Snapshot files
+
+
+def snapshot_iteration(path):
+    """The iteration a snapshot was taken at, or ``None`` if ``path`` is not readable."""
+    try:
+        with numpy.load(path, allow_pickle=False) as npz:
+            return int(npz['updater/iteration'])
+    except Exception:  # missing, truncated, not an npz, not a snapshot: all 'no'
+        return None
+
+
+def list_snapshots(out):
+    """The snapshots in ``out``, ordered by training progress.
+
+    Only complete files named ``snapshot_epoch_E`` or ``snapshot_iter_I`` count; the
+    temporary files of an interrupted write are not snapshots.
+
+    Returns:
+        tuple: ``(snapshots, unreadable)``: a list of ``(iteration, path)``, oldest
+        first, and a list of paths named like snapshots that cannot be read.
+    """
+    snapshots, unreadable = [], []
+    if not os.path.isdir(out):
+        return snapshots, unreadable
+    for name in sorted(os.listdir(out)):
+        match = _SNAPSHOT_NAME.match(name)
+        path = os.path.join(out, name)
+        if not match or not os.path.isfile(path):
+            continue
+        iteration = snapshot_iteration(path)
+        if iteration is None:
+            unreadable.append(path)
+        else:
+            # At equal progress prefer the epoch snapshot (sorted last: 'epoch' < 'iter').
+            snapshots.append((iteration, match.group(1) == 'epoch', path))
+    snapshots.sort()
+    return [(it, path) for it, _, path in snapshots], unreadable
+
+
+def latest_snapshot(out):
+    """The path of the most advanced complete snapshot in ``out``, or ``None``."""
+    snapshots, _ = list_snapshots(out)
+    return snapshots[-1][1] if snapshots else None
+
+
+def remove_old_snapshots(out, keep, iteration):
+    """Removes the snapshots at or before ``iteration`` beyond the ``keep`` newest."""
+    snapshots, _ = list_snapshots(out)
+    older = [path for it, path in snapshots if it <= iteration]
+    for path in older[:max(len(older) - keep, 0)]:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def remove_stale_temp_files(folder, basename=None):
+    """Removes the temporary files that a killed write left in ``folder``.
+
+    Args:
+        folder (str): A folder this program writes into.
+        basename (str): Only remove the temporary files of this file name (for a
+            folder shared with other files, such as that of ``--save``).
+
+    Returns:
+        list of str: The paths removed.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if not _TEMP_NAME.match(name):
+            continue
+        if basename is not None and not name.startswith('.' + basename + '.'):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
+# Settings: what must match for a resume
+
+
+def run_settings(args):
+    """The settings of a run that a resumed run must share (a JSON-able dict).
+
+    Every ``train.py`` flag except :data:`RESUMABLE_CHANGES`.
+    """
+    settings = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
+    return json.loads(json.dumps(settings, sort_keys=True))
+
+
+def _flag(name, value):
+    flag = '--' + name.replace('_', '-')
+    if isinstance(value, bool):
+        return '{} {}'.format(flag, 'on' if value else 'off')
+    if value is None:
+        return '{} (not given)'.format(flag)
+    return '{} {}'.format(flag, value)
+
+
+def check_snapshot(path, settings):
+    """Checks that ``path`` is a snapshot a run with ``settings`` can resume from.
+
+    Reads only the small entries of the file, not the weights.
+
+    Returns:
+        dict: What :func:`~capsnet_chainer.modelfile.inspect_model_file` found.
+
+    Raises:
+        SnapshotError: The file is missing, truncated, not a snapshot (a model file, or
+            another npz archive), or from a run with other settings; the message names
+            every setting that differs.
+    """
+    try:
+        info = inspect_model_file(path, what='snapshot')
+    except SnapshotError:
+        raise
+    except ModelFileError as e:
+        raise SnapshotError(str(e)) from None
+    if info['kind'] in ('model', 'reference'):
+        raise SnapshotError(
+            '{} is a model file (as written by --save), not a snapshot; --resume needs '
+            'a snapshot_* file from the --out folder of a run'.format(path))
+    if info['kind'] != 'snapshot':
+        raise SnapshotError('{} is an npz archive but not a snapshot written by train.py'
+                            .format(path))
+    if SETTINGS_KEY not in info['names']:
+        raise SnapshotError(
+            '{} does not record the settings of its run (written by an older version of '
+            'train.py?), so it cannot be checked and is not resumed; start a new run'
+            .format(path))
+    with open_npz(path, 'snapshot') as npz:
+        try:
+            stored = json.loads(str(read_array(npz, path, SETTINGS_KEY)))
+        except ValueError as e:
+            raise SnapshotError('{} is corrupt: {}'.format(path, e)) from None
+    missing = object()
+    differ = []
+    for name in sorted(set(stored) | set(settings)):
+        old, new = stored.get(name, missing), settings.get(name, missing)
+        if old == new:
+            continue
+        if old is missing:
+            differ.append('{} (not recorded in the snapshot)'.format(_flag(name, new)))
+        elif new is missing:
+            differ.append('{} (unknown to this version)'.format(_flag(name, old)))
+        else:
+            differ.append('{} (this run: {})'.format(_flag(name, old), _flag(name, new)))
+    if differ:
+        raise SnapshotError(
+            '{} comes from a run with different settings: {}. Resume with the same '
+            'settings, or start a new run in another --out'.format(
+                path, '; '.join(differ)))
+    return info
+
+
+def load_snapshot(path, trainer):
+    """Restores ``trainer`` from the snapshot at ``path``.
+
+    Raises:
+        SnapshotError: The file lacks a part of this trainer, cannot be read, or holds
+            NaN or inf (the first such array is named).
+    """
+    with open_npz(path, 'snapshot') as npz:
+        # The weights and the optimizer's moments (not the best score: -inf before the
+        # first evaluation)
+        for key in npz.files:
+            if not key.startswith(('updater/model:', 'updater/optimizer:')):
+                continue
+            error = non_finite_error(path, key, read_array(npz, path, key), 'snapshot')
+            if error is not None:
+                raise SnapshotError(str(error))
+        try:
+            chainer.serializers.NpzDeserializer(npz).load(trainer)
+        except KeyError as e:
+            raise SnapshotError('{} lacks {} that this trainer needs (written by another '
+                                'version of train.py?)'.format(path, e)) from None
+        except ModelFileError:
+            raise
+        except Exception as e:  # truncated members, wrong shapes or types
+            raise SnapshotError('{} cannot be restored ({}: {})'.format(
+                path, type(e).__name__, e)) from None

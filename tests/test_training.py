@@ -1,0 +1,78 @@
+import chainer
+import chainer.links as L
+import numpy
+import pytest
+from chainer import testing
+
+from capsnet_chainer.nonfinite import NonFiniteError
+from capsnet_chainer.random_state import SeededShuffleIterator
+from capsnet_chainer.training import ConverterStateUpdater
+
+
+class _SqrtLoss(chainer.Chain):
+    """A loss that is finite (0) while its gradient is not (d sqrt(x)/dx at 0)."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.fc = L.Linear(2, 1, initialW=0, initial_bias=0)
+
+    def forward(self, x, t):
+        return chainer.functions.sum(chainer.functions.sqrt(self.fc(x) ** 2))
+
+
+def test_nan_gradient_raises_before_the_update():
+    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
+    model = _SqrtLoss()
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    updater = ConverterStateUpdater(
+        SeededShuffleIterator(data, 2, 0), optimizer)
+    with pytest.raises(NonFiniteError) as e:
+        updater.update()
+    assert str(e.value) == 'non-finite gradient of fc/W at epoch 1, iteration 1'
+    assert (model.fc.W.array == 0).all() and optimizer.t == 0  # not updated
+
+
+class _NanLoss(chainer.Chain):
+    """A loss that becomes NaN at the second call."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.fc = L.Linear(2, 1)
+        self.calls = 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        loss = chainer.functions.sum(self.fc(x) ** 2)
+        return loss * numpy.float32('nan') if self.calls == 2 else loss
+
+
+def test_nan_loss_raises_naming_epoch_and_iteration_before_backward():
+    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 2
+    model = _NanLoss()
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer)
+    updater.update()  # iteration 1 ends epoch 1
+    W = model.fc.W.array.copy()
+    with pytest.raises(NonFiniteError) as e:
+        updater.update()
+    assert str(e.value) == 'non-finite loss (nan) at epoch 2, iteration 2'
+    assert (model.fc.W.array == W).all() and optimizer.t == 1
+    assert model.fc.W.grad is None or numpy.isfinite(model.fc.W.grad).all()
+
+
+def test_updater_without_check_finite_lets_a_nan_gradient_through():
+    model = _SqrtLoss()
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
+    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer,
+                                    check_finite=False)
+    updater.update()
+    assert optimizer.t == 1 and numpy.isnan(model.fc.W.array).all()
+
+
+testing.run_module(__name__, __file__)
