@@ -293,7 +293,7 @@ def mnist_arrays(split):
 
 
 def test_real_digits(mnist_dir):
-    from capsnet_chainer.datasets import get_mnist
+    from capsnet_chainer.mnist import get_mnist
     _, test = get_mnist(data_dir=mnist_dir, n_test=500)
     images, labels = mnist_arrays(test)
     x, labels2, digits = multimnist.make_test_set(images, labels, 1000, seed=0)
@@ -492,7 +492,7 @@ def test_capsnet_36x36_forward_on_pairs():
     images, labels = fake_digits(10)
     x, labels2, digits = multimnist.make_test_set(images, labels, 2, seed=0)
     model = CapsNet(shared_weights=False, in_shape=(1, 36, 36), reconstruct=True)
-    capsules = getattr(model, 'digit_capsules', None) or model.capsules
+    capsules = model.digit_capsules
     v = capsules(x)
     assert v.shape == (2, 10, 16)
     loss, parts = multimnist.two_digit_loss(v, labels2, digits, model.decode)
