@@ -19,6 +19,7 @@ from capsnet_chainer import conv_kernel
 from capsnet_chainer import functions
 from capsnet_chainer.functions import mask
 from capsnet_chainer.functions import squash
+from capsnet_chainer import prediction_kernel
 from capsnet_chainer import routing_kernels
 
 #: The reference initialises every weight from Uniform(-0.05, 0.05), biases at zero.
@@ -106,8 +107,7 @@ class PrimaryCapsules(chainer.Chain):
 
         The convolution runs on the channels-last view of ``h``, which is free when
         ``h`` is itself a view of channels-last memory, as
-        :meth:`CapsNet.digit_capsules`
-        passes it.
+        :meth:`CapsNet.digit_capsules` passes it.
         """
         y = self.conv.forward_nhwc(F.transpose(h, (0, 2, 3, 1)))  # (B, 6, 6, T * P)
         B, H, W, _ = y.shape
@@ -163,7 +163,7 @@ class DigitCapsules(chainer.Link):
 
     def predict_vectors(self, u):
         """Args: u ``(B, I, P)``. Returns: u_hat ``(B, J, I, D)``."""
-        predict = (routing_kernels.prediction_vectors if self.fast
+        predict = (prediction_kernel.prediction_vectors if self.fast
                    else functions.prediction_vectors)
         if self.shared:
             return predict(u, self.W, self.b, self.n_class, self.n_cell)

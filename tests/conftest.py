@@ -8,6 +8,8 @@ import sys
 import pytest
 
 from capsnet_chainer import compat  # noqa: F401  (restores numpy.sctypes for chainer)
+import chainer  # noqa: E402
+import numpy  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +32,6 @@ def mnist_dir():
     path = _mnist_dir()
     if path is None:
         from capsnet_chainer.mnist import DatasetError, get_mnist
-        import chainer
         try:
             get_mnist(n_train=1, n_test=1)
         except DatasetError as e:
@@ -67,7 +68,6 @@ def trained_run(tmp_path_factory, mnist_dir):
 def tile_colours(png, n_row, n_col):
     """Mean RGB of the middle of each tile of a saved grid figure, ``(rows, cols, 3)``."""
     import matplotlib.image
-    import numpy
     image = matplotlib.image.imread(png)[..., :3]
     H, W = image.shape[:2]
     h, w = H / n_row, W / n_col
@@ -83,3 +83,20 @@ def tile_colours(png, n_row, n_col):
 def is_green(rgb):
     """Tiles drawn with Greens have more green than blue; Blues, the opposite."""
     return rgb[..., 1] > rgb[..., 2]
+
+
+def assert_same_outputs_and_gradients(kernel, plain, inputs, gy, rtol=1e-10, atol=1e-12):
+    """``kernel(*inputs)`` and ``plain(*inputs)`` agree in value and in the gradients of
+    every input that is not ``None``."""
+    results = []
+    for fn in (kernel, plain):
+        vs = [None if a is None else chainer.Variable(a.copy()) for a in inputs]
+        y = fn(*vs)
+        y.grad = gy
+        y.backward()
+        results.append((y.array, [v.grad for v in vs if v is not None]))
+    (y, grads), (y_ref, grads_ref) = results
+    numpy.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-14)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g is not None
+        numpy.testing.assert_allclose(g, g_ref, rtol=rtol, atol=atol)

@@ -14,28 +14,12 @@ from chainer import testing
 
 from capsnet_chainer import functions
 from capsnet_chainer import routing_kernels
+from conftest import assert_same_outputs_and_gradients
 
 
 @pytest.fixture(autouse=True)
 def seed():
     numpy.random.seed(0)
-
-
-def assert_same_outputs_and_gradients(kernel, plain, inputs, gy, rtol=1e-10, atol=1e-12):
-    """``kernel(*inputs)`` and ``plain(*inputs)`` agree in value and in the gradients of
-    every input that is not ``None``."""
-    results = []
-    for fn in (kernel, plain):
-        vs = [None if a is None else chainer.Variable(a.copy()) for a in inputs]
-        y = fn(*vs)
-        y.grad = gy
-        y.backward()
-        results.append((y.array, [v.grad for v in vs if v is not None]))
-    (y, grads), (y_ref, grads_ref) = results
-    numpy.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-14)
-    for g, g_ref in zip(grads, grads_ref):
-        assert g is not None
-        numpy.testing.assert_allclose(g, g_ref, rtol=rtol, atol=atol)
 
 
 ROUTING_CASES = testing.product({'n_iteration': [1, 2, 3],
@@ -64,25 +48,6 @@ def shared_inputs(bias=True, B=3, K=4, N=5, E=3, J=6, D=4):
     W = numpy.random.randn(K, E, J * D) * 0.5
     b = numpy.random.randn(K, J * D) * 0.5 if bias else None
     return u, W, b
-
-
-@pytest.mark.parametrize('n_cell, bias', [(5, True), (5, False), (1, True), (1, False)])
-def test_prediction_vectors_kernel_equals_plain_predictions(n_cell, bias):
-    """Maps shared by ``n_cell`` consecutive capsules (1: a map per capsule)."""
-    u, W, b = shared_inputs(bias, K=4 if n_cell > 1 else 20, N=n_cell)
-    B, K, N, E = u.shape
-    u_flat = u.reshape((B, K * N, E))
-    gy = numpy.random.randn(B, 6, K * N, 4)
-    assert_same_outputs_and_gradients(
-        lambda *a: routing_kernels.prediction_vectors(*a, n_class=6, n_cell=n_cell),
-        lambda *a: functions.prediction_vectors(*a, n_class=6, n_cell=n_cell),
-        (u_flat, W, b), gy)
-
-    def f(*args):
-        return routing_kernels.prediction_vectors(*(args if bias else args + (None,)),
-                                                  n_class=6, n_cell=n_cell)
-    inputs = (u_flat, W, b) if bias else (u_flat, W)
-    gradient_check.check_backward(f, inputs, gy, dtype=numpy.float64, atol=1e-5, rtol=1e-4)
 
 
 SHARED_CASES = testing.product({'n_iteration': [1, 2, 3],
