@@ -20,13 +20,16 @@ matplotlib.use('Agg')
 
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
 import chainer  # noqa: E402
+import numpy  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer import figures  # noqa: E402
 from capsnet_chainer import metrics  # noqa: E402
+from capsnet_chainer import snapshots  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.mnist import get_mnist  # noqa: E402
+from capsnet_chainer.mnist import DATASETS  # noqa: E402
+from capsnet_chainer.mnist import get_dataset  # noqa: E402
 from capsnet_chainer.modelfile import load_model  # noqa: E402
 from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
 from capsnet_chainer.fileio import file_sha256  # noqa: E402
@@ -42,6 +45,9 @@ def parse_args(argv=None):
                              'snapshot, or a model saved by the reference implementation)')
     parser.add_argument('--out', '-o', default='analyze_result',
                         help='folder for the figures and metrics.json')
+    parser.add_argument('--dataset', choices=tuple(DATASETS), default=None,
+                        help='the data set to score on (default: the one the model file '
+                             'records, else mnist)')
     parser.add_argument('--n-test', type=positive_int, default=None,
                         help='score only the first N test images (None: all 10,000); '
                              'the sample figures always use the full test set')
@@ -73,6 +79,18 @@ def load(path):
         return load_model(path)
     except ModelFileError as e:
         raise cli.CLIError('--load: {}'.format(' '.join(str(e).split()))) from None
+
+
+def snapshot_dataset(path, meta):
+    """The ``--dataset`` of the run a trainer snapshot comes from, or ``None``."""
+    if meta.get('source') != 'trainer snapshot':
+        return None
+    try:
+        with numpy.load(path) as npz:
+            settings = json.loads(str(npz[snapshots.SETTINGS_KEY]))
+    except Exception:  # not recorded, or unreadable: the default applies
+        return None
+    return settings.get('dataset', snapshots.SETTING_DEFAULTS['dataset'])
 
 
 class Progress(object):
@@ -121,8 +139,17 @@ def analyze(argv=None):
     device.use()
 
     # Load the data
+    recorded = meta.get('dataset', snapshot_dataset(args.load, meta))
+    dataset = args.dataset or recorded or 'mnist'
+    if dataset not in DATASETS:
+        raise cli.CLIError('{} records the data set {!r}, which this version does not know; '
+                           'pass --dataset'.format(args.load, dataset))
+    spec = DATASETS[dataset]
+    print('# dataset: {} ({})'.format(spec.title, 'from --dataset' if args.dataset else
+                                      'as the model file records' if recorded
+                                      else 'the default: the model file records none'))
     # A DatasetError is one line in cli.run
-    _, test = get_mnist(data_dir=args.data_dir, data_dir_name='--data-dir')
+    _, test = get_dataset(dataset, data_dir=args.data_dir, data_dir_name='--data-dir')
     x, t = chainer.dataset.concat_examples(test[:])
     n_test = args.n_test or len(t)
     if n_test > len(t):
@@ -150,7 +177,9 @@ def analyze(argv=None):
     results = metrics.classification_metrics(t, scores)
     errors = metrics.most_confident_errors(t, scores, args.top_k)
     results.update({
-        'evaluation': {'images': 'the first {} of the MNIST test set'.format(n_test),
+        'evaluation': {'dataset': dataset,
+                       'images': 'the first {} of the {} test set'.format(n_test, spec.title),
+                       'class_names': list(spec.class_names),
                        'augmentation': 'none', 'batchsize': args.batchsize,
                        'data_dir': args.data_dir, 'device': str(device)},
         'config': model.config,
@@ -173,8 +202,11 @@ def analyze(argv=None):
     print('wrote {}'.format(path))
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
 
-    print('test accuracy {:.2%} (error {:.2%}) on {} images, no augmentation'.format(
-        results['accuracy'], results['error_rate'], n_test))
+    print('test accuracy {:.2%} (error {:.2%}) on {} {} test images, no augmentation'.format(
+        results['accuracy'], results['error_rate'], n_test, spec.title))
+    if dataset != 'mnist':
+        names = ['{} {}'.format(k, name) for k, name in enumerate(spec.class_names)]
+        print('# classes: {}'.format(', '.join(names)))
     print('# total: {:.1f} s'.format(time.time() - start))
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Trains CapsNet on MNIST and keeps the best model.
+"""Trains CapsNet on MNIST (or Fashion-MNIST) and keeps the best model.
 
     python train.py -g 0 --save saved_model --reconstruct
 
@@ -25,7 +25,8 @@ from capsnet_chainer import training as capsnet_training  # noqa: E402
 from capsnet_chainer.cli import finite_float  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.mnist import get_mnist  # noqa: E402
+from capsnet_chainer.mnist import DATASETS  # noqa: E402
+from capsnet_chainer.mnist import get_dataset  # noqa: E402
 from capsnet_chainer.augment import RandomShift  # noqa: E402
 from capsnet_chainer.figures import ReconstructionReport  # noqa: E402
 from capsnet_chainer.model import CapsNet  # noqa: E402
@@ -39,8 +40,10 @@ from capsnet_chainer.random_state import set_random_seed  # noqa: E402
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(
-        description='CapsNet (Sabour et al., NIPS 2017) on MNIST, in Chainer',
+        description='CapsNet (Sabour et al., NIPS 2017) on MNIST or Fashion-MNIST, in Chainer',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--dataset', choices=tuple(DATASETS), default='mnist',
+                        help='the data set to train and test on (see --data-dir)')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=256)
     parser.add_argument('--decay', '-d', type=finite_float, default=0.95,
                         help='learning-rate decay factor per epoch (or per --decay-every)')
@@ -125,10 +128,10 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(args):
-    return CapsNet(reconstruct=args.reconstruct, leaky_slope=args.leaky_slope,
-                   n_iteration=args.n_iteration, shared_weights=not args.unshared,
-                   squash_primary=args.squash_primary,
+def build_model(args, in_shape=(1, 28, 28)):
+    return CapsNet(in_shape=tuple(in_shape), reconstruct=args.reconstruct,
+                   leaky_slope=args.leaky_slope, n_iteration=args.n_iteration,
+                   shared_weights=not args.unshared, squash_primary=args.squash_primary,
                    grad_all_iterations=args.routing_grad == 'all',
                    mask_test=args.mask_test, recon_weight=args.recon_weight)
 
@@ -211,8 +214,9 @@ def train(argv=None):
 
     # Load the data
     try:
-        train, test = get_mnist(data_dir=args.data_dir, n_train=args.n_train,
-                                n_test=args.n_test, data_dir_name='--data-dir')
+        train, test = get_dataset(args.dataset, data_dir=args.data_dir,
+                                  n_train=args.n_train, n_test=args.n_test,
+                                  data_dir_name='--data-dir')
     except ValueError as e:  # --n-train or --n-test larger than the data
         raise cli.CLIError(str(e).replace('n_train=', '--n-train ').replace(
             'n_test=', '--n-test '), cli.EXIT_USAGE) from None
@@ -220,7 +224,9 @@ def train(argv=None):
 
     # Set up a model
     set_random_seed(args.seed, device)
-    model = build_model(args)
+    print('# dataset: {} ({} training, {} test images)'.format(
+        DATASETS[args.dataset].title, len(train), len(test)))
+    model = build_model(args, test[0][0].shape)
     print('# parameters: {:,}'.format(model.count_params()))
     model.to_device(device)
     device.use()
@@ -229,7 +235,7 @@ def train(argv=None):
     converter = RandomShift(args.max_shift, per_image=args.shift_per_image, seed=args.seed)
     run_args = {k: v for k, v in vars(args).items()
                 if k not in snapshots.BOOKKEEPING_FLAGS}
-    meta = {'train_args': run_args, 'dataset': 'mnist', 'train_images': len(train),
+    meta = {'train_args': run_args, 'dataset': args.dataset, 'train_images': len(train),
             'heldout_images': len(heldout) if heldout is not None else 0,
             'test_images': len(test), 'provenance': provenance(device)}
     trainer = capsnet_training.build_trainer(

@@ -56,6 +56,8 @@ from capsnet_chainer.functions import routing  # noqa: E402,F401
 from capsnet_chainer.functions import shared_routing  # noqa: E402,F401
 from capsnet_chainer.functions import squash  # noqa: E402,F401
 from capsnet_chainer.idx import DatasetError  # noqa: E402,F401
+from capsnet_chainer.mnist import get_dataset  # noqa: E402,F401
+from capsnet_chainer.mnist import get_fashion_mnist  # noqa: E402,F401
 from capsnet_chainer.mnist import get_mnist  # noqa: E402,F401
 from capsnet_chainer.model import CapsNet  # noqa: E402,F401
 from capsnet_chainer.modelfile import load_model  # noqa: E402,F401

@@ -63,8 +63,10 @@ def add_common_arguments(parser):
                         help='Chainer device specifier (e.g. @cupy:0, @numpy); '
                              'overrides --gpu')
     parser.add_argument('--data-dir', default=None,
-                        help='folder with the four MNIST IDX .gz files (default: the '
-                             'cache under $CHAINER_DATASET_ROOT, filled from mirrors)')
+                        help='folder with the four IDX .gz files of the chosen --dataset '
+                             '(default: the cache under $CHAINER_DATASET_ROOT, filled from '
+                             'mirrors, or for Fashion-MNIST from Debian\'s '
+                             'dataset-fashion-mnist or the official host)')
     parser.add_argument('--debug', action='store_true',
                         help='show the traceback of an error')
 

