@@ -34,8 +34,9 @@ The modules, one concern each: :mod:`~capsnet_chainer.functions` (the paper's
 equations), :mod:`~capsnet_chainer.links` (the layers, each choosing a fast kernel or
 the equations), :mod:`~capsnet_chainer.model` (the network),
 :mod:`~capsnet_chainer.conv_kernel`, :mod:`~capsnet_chainer.prediction_kernel` and
-:mod:`~capsnet_chainer.routing_kernels` (the fast kernels), :mod:`~capsnet_chainer.modelfile` and :mod:`~capsnet_chainer.reference`
-(model files), :mod:`~capsnet_chainer.mnist`, :mod:`~capsnet_chainer.mnist_sources`,
+:mod:`~capsnet_chainer.routing_kernels` (the fast kernels),
+:mod:`~capsnet_chainer.modelfile` and :mod:`~capsnet_chainer.reference` (model files),
+:mod:`~capsnet_chainer.mnist`, :mod:`~capsnet_chainer.mnist_sources`,
 :mod:`~capsnet_chainer.idx` and :mod:`~capsnet_chainer.augment` (the data),
 :mod:`~capsnet_chainer.training`, :mod:`~capsnet_chainer.snapshots`,
 :mod:`~capsnet_chainer.nonfinite` and :mod:`~capsnet_chainer.random_state` (training),
