@@ -30,6 +30,28 @@ def with_bias(u, W, b):
     return u_e, xp.concatenate((W, b[:, None, :]), axis=1)
 
 
+def check_map_inputs(in_types, u_ndim, n_cell=1):
+    """Type checks of ``(u, W)`` or ``(u, W, b)`` for maps ``W`` ``(M, E, F)``: ``u`` has
+    ``u_ndim`` axes, ``M * n_cell`` capsules on axis 1 and ``E`` dimensions last; ``b``
+    is ``(M, F)``."""
+    n_in = in_types.size()
+    type_check.expect(2 <= n_in, n_in <= 3)
+    u_type, w_type = in_types[:2]
+    type_check.expect(
+        u_type.dtype.kind == 'f',
+        w_type.dtype == u_type.dtype,
+        u_type.ndim == u_ndim,
+        w_type.ndim == 3,
+        w_type.shape[0] * n_cell == u_type.shape[1],
+        w_type.shape[1] == u_type.shape[u_ndim - 1],
+    )
+    if type_check.eval(n_in) == 3:
+        b_type = in_types[2]
+        type_check.expect(b_type.dtype == u_type.dtype, b_type.ndim == 2,
+                          b_type.shape[0] == w_type.shape[0],
+                          b_type.shape[1] == w_type.shape[2])
+
+
 class PredictionVectors(function_node.FunctionNode):
     """``u_hat[b, j, i] = u[b, i] W[i // n_cell] (+ b[i // n_cell])`` read as ``J x D``.
 
@@ -46,22 +68,7 @@ class PredictionVectors(function_node.FunctionNode):
         self.n_cell = n_cell
 
     def check_type_forward(self, in_types):
-        n_in = in_types.size()
-        type_check.expect(2 <= n_in, n_in <= 3)
-        u_type, w_type = in_types[:2]
-        type_check.expect(
-            u_type.dtype.kind == 'f',
-            w_type.dtype == u_type.dtype,
-            u_type.ndim == 3,
-            w_type.ndim == 3,
-            w_type.shape[0] * self.n_cell == u_type.shape[1],
-            w_type.shape[1] == u_type.shape[2],
-        )
-        if type_check.eval(n_in) == 3:
-            b_type = in_types[2]
-            type_check.expect(b_type.dtype == u_type.dtype, b_type.ndim == 2,
-                              b_type.shape[0] == w_type.shape[0],
-                              b_type.shape[1] == w_type.shape[2])
+        check_map_inputs(in_types, 3, self.n_cell)
 
     def forward(self, inputs):
         self.retain_inputs(tuple(range(len(inputs))))

@@ -28,6 +28,7 @@ from chainer.utils import type_check
 
 from capsnet_chainer.conv_kernel import NoDoubleBackprop
 from capsnet_chainer.functions import EPS
+from capsnet_chainer.prediction_kernel import check_map_inputs
 from capsnet_chainer.prediction_kernel import with_bias
 
 
@@ -178,22 +179,7 @@ class SharedRouting(function_node.FunctionNode):
         self.grad_all_iterations = grad_all_iterations
 
     def check_type_forward(self, in_types):
-        n_in = in_types.size()
-        type_check.expect(2 <= n_in, n_in <= 3)
-        u_type, w_type = in_types[:2]
-        type_check.expect(
-            u_type.dtype.kind == 'f',
-            w_type.dtype == u_type.dtype,
-            u_type.ndim == 4,
-            w_type.ndim == 3,
-            w_type.shape[0] == u_type.shape[1],
-            w_type.shape[1] == u_type.shape[3],
-        )
-        if type_check.eval(n_in) == 3:
-            b_type = in_types[2]
-            type_check.expect(b_type.dtype == u_type.dtype, b_type.ndim == 2,
-                              b_type.shape[0] == w_type.shape[0],
-                              b_type.shape[1] == w_type.shape[2])
+        check_map_inputs(in_types, 4)
 
     def forward(self, inputs):
         self.retain_inputs(tuple(range(len(inputs))))
