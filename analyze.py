@@ -20,7 +20,6 @@ matplotlib.use('Agg')
 
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
 import chainer  # noqa: E402
-import numpy  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer import figures  # noqa: E402
@@ -86,11 +85,10 @@ def snapshot_dataset(path, meta):
     if meta.get('source') != 'trainer snapshot':
         return None
     try:
-        with numpy.load(path) as npz:
-            settings = json.loads(str(npz[snapshots.SETTINGS_KEY]))
-    except Exception:  # not recorded, or unreadable: the default applies
+        settings = snapshots.read_settings(path)
+    except ModelFileError:  # unreadable settings: the default applies
         return None
-    return settings.get('dataset', snapshots.SETTING_DEFAULTS['dataset'])
+    return settings.get('dataset') if settings else None
 
 
 class Progress(object):

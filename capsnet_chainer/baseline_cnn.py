@@ -15,7 +15,8 @@ layer, 128 x 28 x 28 inputs to 328 units).
 import chainer
 import chainer.functions as F
 import chainer.links as L
-import numpy
+
+from capsnet_chainer import metrics
 
 
 class BaselineCNN(chainer.Chain):
@@ -78,14 +79,7 @@ class BaselineCNN(chainer.Chain):
         Args:
             x (array): Images ``(N, C, H, W)``, on any device.
         """
-        scores = []
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                xb = self.device.send(x[i:i + batchsize])
-                scores.append(chainer.backend.CpuDevice().send(self.logits(xb).array))
-        if not scores:
-            return numpy.zeros((0, self.fc3.out_size), numpy.float32)
-        return numpy.concatenate(scores)
+        return metrics.batched(self, self.logits, (x,), (self.fc3.out_size,), batchsize)
 
     def count_params(self):
         """Number of scalar parameters."""

@@ -29,6 +29,7 @@ import chainer
 import chainer.functions as F
 import numpy
 
+from capsnet_chainer import metrics
 from capsnet_chainer.functions import capsule_length
 from capsnet_chainer.functions import one_hot
 
@@ -362,10 +363,8 @@ def pair_accuracy(scores, labels2):
     Returns:
         tuple of floats: ``(both, at_least_one)``, fractions in [0, 1] (0 for B = 0).
     """
-    scores = chainer.backend.CpuDevice().send(getattr(scores, 'array', scores))
-    labels2 = chainer.backend.CpuDevice().send(labels2)
-    scores = numpy.asarray(scores)
-    labels2 = numpy.asarray(labels2)
+    scores = numpy.asarray(metrics.to_cpu(scores))
+    labels2 = numpy.asarray(metrics.to_cpu(labels2))
     if scores.ndim != 2 or labels2.shape != (scores.shape[0], 2):
         raise ValueError('scores must be (B, J) and labels2 (B, 2), got {} and {}'.format(
             scores.shape, labels2.shape))

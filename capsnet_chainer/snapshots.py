@@ -213,6 +213,23 @@ def _flag(name, value):
     return '{} {}'.format(flag, value)
 
 
+def read_settings(path):
+    """The settings a snapshot's run recorded, with :data:`SETTING_DEFAULTS` for the
+    flags it predates; ``None`` when it records none.
+
+    Raises:
+        SnapshotError: The settings entry cannot be read.
+    """
+    with open_npz(path, 'snapshot') as npz:
+        if SETTINGS_KEY not in npz.files:
+            return None
+        try:
+            stored = json.loads(str(read_array(npz, path, SETTINGS_KEY)))
+        except ValueError as e:
+            raise SnapshotError('{} is corrupt: {}'.format(path, e)) from None
+    return dict(SETTING_DEFAULTS, **stored)
+
+
 def check_snapshot(path, settings):
     """Checks that ``path`` is a snapshot a run with ``settings`` can resume from.
 
@@ -244,15 +261,11 @@ def check_snapshot(path, settings):
             '{} does not record the settings of its run (written by an older version of '
             'train.py?), so it cannot be checked and is not resumed; start a new run'
             .format(path))
-    with open_npz(path, 'snapshot') as npz:
-        try:
-            stored = json.loads(str(read_array(npz, path, SETTINGS_KEY)))
-        except ValueError as e:
-            raise SnapshotError('{} is corrupt: {}'.format(path, e)) from None
+    stored = read_settings(path)
     missing = object()
     differ = []
     for name in sorted(set(stored) | set(settings)):
-        old = stored.get(name, SETTING_DEFAULTS.get(name, missing))
+        old = stored.get(name, missing)
         new = settings.get(name, missing)
         if old == new:
             continue
