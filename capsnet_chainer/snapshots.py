@@ -26,7 +26,6 @@ from capsnet_chainer.modelfile import read_array
 from capsnet_chainer.nonfinite import first_non_finite
 from capsnet_chainer.nonfinite import NonFiniteError
 
-SNAPSHOT_PREFIX = 'snapshot_'
 #: Snapshot names: at the end of an epoch, and every ``--snapshot-every`` iterations.
 EPOCH_SNAPSHOT = 'snapshot_epoch_{}'
 ITERATION_SNAPSHOT = 'snapshot_iter_{}'
