@@ -7,6 +7,11 @@ Writes into ``--out``: ``vis.png`` (inputs and reconstructions), ``vis_all.png``
 masking grid), ``vis_tweaked0.png`` .. ``vis_tweaked9.png`` (dimension perturbations),
 ``metrics.json`` (accuracy on the test set, no augmentation), ``confusion.png`` and
 ``misclassified.png`` (the most confident mistakes beside their reconstructions).
+
+A MultiMNIST model gets the paper's Figure 5 instead: ``multimnist.png`` (the first
+test pairs), ``multimnist_right.png`` and ``multimnist_wrong.png``, each pair beside its
+two reconstructions overlaid in red and green; ``metrics.json`` gives the accuracy
+(both digits right) and the accuracy of at least one digit.
 """
 
 import argparse
@@ -20,10 +25,14 @@ matplotlib.use('Agg')
 
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
 import chainer  # noqa: E402
+import numpy  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer import figures  # noqa: E402
 from capsnet_chainer import metrics  # noqa: E402
+from capsnet_chainer import multimnist  # noqa: E402
+from capsnet_chainer import pair_figures  # noqa: E402
+from capsnet_chainer import protocols  # noqa: E402
 from capsnet_chainer import snapshots  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
@@ -44,12 +53,14 @@ def parse_args(argv=None):
                              'snapshot, or a model saved by the reference implementation)')
     parser.add_argument('--out', '-o', default='analyze_result',
                         help='folder for the figures and metrics.json')
-    parser.add_argument('--dataset', choices=tuple(DATASETS), default=None,
+    parser.add_argument('--dataset', choices=tuple(protocols.PROTOCOLS), default=None,
                         help='the data set to score on (default: the one the model file '
                              'records, else mnist)')
     parser.add_argument('--n-test', type=positive_int, default=None,
-                        help='score only the first N test images (None: all 10,000); '
-                             'the sample figures always use the full test set')
+                        help='score only the first N test images (None: all 10,000; '
+                             'multimnist: the first N of the pairs the model was tested '
+                             'on, or N pairs from the same seed); the sample figures '
+                             'always use the full test set')
     parser.add_argument('--perturbation', choices=sorted(figures.PERTURBATIONS),
                         default='reference',
                         help='vis_tweaked*.png: the reference (9 rows of steps of 0.075 '
@@ -139,24 +150,73 @@ def analyze(argv=None):
     # Load the data
     recorded = meta.get('dataset', snapshot_dataset(args.load, meta))
     dataset = args.dataset or recorded or 'mnist'
-    if dataset not in DATASETS:
+    if dataset not in protocols.PROTOCOLS:
         raise cli.CLIError('{} records the data set {!r}, which this version does not know; '
                            'pass --dataset'.format(args.load, dataset))
-    spec = DATASETS[dataset]
+    spec = protocols.protocol(dataset)
     print('# dataset: {} ({})'.format(spec.title, 'from --dataset' if args.dataset else
                                       'as the model file records' if recorded
                                       else 'the default: the model file records none'))
     # A DatasetError is one line in cli.run
-    _, test = get_dataset(dataset, data_dir=args.data_dir, data_dir_name='--data-dir')
-    x, t = chainer.dataset.concat_examples(test[:])
-    n_test = args.n_test or len(t)
-    if n_test > len(t):
-        raise cli.CLIError('--n-test {} exceeds the {} test images'.format(n_test, len(t)),
-                           cli.EXIT_USAGE)
+    _, digits = get_dataset(spec.source, data_dir=args.data_dir, data_dir_name='--data-dir')
+    test_set = test_set_of(dataset, meta, args.n_test)
+    test = protocols.make_test_set(dataset, digits, test_set)
+    arrays = chainer.dataset.concat_examples(test[:])
+    if tuple(arrays[0].shape[1:]) != tuple(model.config['in_shape']):
+        raise cli.CLIError('--load {} takes images of shape {}, but --dataset {} has {}; '
+                           'pass the --dataset it was trained on'.format(
+                               args.load, tuple(model.config['in_shape']), dataset,
+                               tuple(arrays[0].shape[1:])), cli.EXIT_USAGE)
+    n_test = args.n_test or len(arrays[0])
+    if n_test > len(arrays[0]):
+        raise cli.CLIError('--n-test {} exceeds the {} test images'.format(
+            n_test, len(arrays[0])), cli.EXIT_USAGE)
     os.makedirs(args.out, exist_ok=True)
     write_atomic(os.path.join(args.out, 'args.json'),
                  lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
 
+    evaluation = {'dataset': dataset, 'augmentation': 'none', 'batchsize': args.batchsize,
+                  'data_dir': args.data_dir, 'device': str(device)}
+    if spec.pairs:
+        results = analyze_pairs(model, arrays, n_test, test_set, args, evaluation)
+    else:
+        results = analyze_digits(model, arrays, n_test, spec, args, evaluation)
+    results.update({
+        'config': model.config,
+        'selection': meta.get('selection', {'rule': 'not recorded in the model file'}),
+        'source': {'path': os.path.abspath(args.load), 'sha256': sha256, 'meta': meta},
+    })
+    path = os.path.join(args.out, 'metrics.json')
+    write_atomic(path, lambda f: f.write(json.dumps(results, indent=2).encode()))
+    print('wrote {}'.format(path))
+    print('# total: {:.1f} s'.format(time.time() - start))
+
+
+def test_set_of(dataset, meta, n_test):
+    """The generated test set to analyze (``{}`` for one read from files).
+
+    MultiMNIST: the pairs the model file records (``test_set``), else the protocol's;
+    ``--n-test`` beyond their number draws more pairs from the same seed (the first
+    ``n`` pairs of a seed are the same for every ``n``).
+    """
+    if not protocols.protocol(dataset).pairs:
+        return {}
+    test_set = dict(meta.get('test_set') or {
+        'pairs': protocols.MULTIMNIST_TEST_PAIRS, 'seed': protocols.MULTIMNIST_TEST_SEED,
+        'max_shift': protocols.PROTOCOLS[dataset].max_shift})
+    if n_test and n_test > test_set['pairs']:
+        test_set['pairs'] = n_test
+    return test_set
+
+
+def save(fig_or_ax, path):
+    figures.save_figure(fig_or_ax, path)
+    print('wrote {}'.format(path))
+
+
+def analyze_digits(model, arrays, n_test, spec, args, evaluation):
+    """Sample figures, the score, the confusion matrix and the worst mistakes."""
+    x, t = arrays
     # Figures of the first two test images of each digit
     tic = time.time()
     index = figures.select_samples(t, 2, model.config['n_class'])
@@ -174,38 +234,56 @@ def analyze(argv=None):
     t = t[:n_test]
     results = metrics.classification_metrics(t, scores)
     errors = metrics.most_confident_errors(t, scores, args.top_k)
+    evaluation.update(images='the first {} of the {} test set'.format(n_test, spec.title),
+                      class_names=list(DATASETS[spec.source].class_names))
     results.update({
-        'evaluation': {'dataset': dataset,
-                       'images': 'the first {} of the {} test set'.format(n_test, spec.title),
-                       'class_names': list(spec.class_names),
-                       'augmentation': 'none', 'batchsize': args.batchsize,
-                       'data_dir': args.data_dir, 'device': str(device)},
-        'config': model.config,
-        'selection': meta.get('selection', {'rule': 'not recorded in the model file'}),
-        'source': {'path': os.path.abspath(args.load), 'sha256': sha256, 'meta': meta},
+        'evaluation': evaluation,
         'misclassified': [
             {'index': int(i), 'true': int(t[i]), 'pred': int(scores[i].argmax()),
              'score': float(scores[i].max()), 'true_score': float(scores[i, t[i]])}
             for i in errors],
     })
-    path = os.path.join(args.out, 'metrics.json')
-    write_atomic(path, lambda f: f.write(json.dumps(results, indent=2).encode()))
-    print('wrote {}'.format(path))
-    path = os.path.join(args.out, 'confusion.png')
-    figures.save_figure(figures.plot_confusion(results['confusion_matrix']), path)
-    print('wrote {}'.format(path))
-    path = os.path.join(args.out, 'misclassified.png')
-    figures.save_figure(figures.plot_misclassified(model, x[:n_test], t, scores, errors),
-                        path)
-    print('wrote {}'.format(path))
+    save(figures.plot_confusion(results['confusion_matrix']),
+         os.path.join(args.out, 'confusion.png'))
+    save(figures.plot_misclassified(model, x[:n_test], t, scores, errors),
+         os.path.join(args.out, 'misclassified.png'))
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
-
     print('test accuracy {:.2%} (error {:.2%}) on {} {} test images, no augmentation'.format(
         results['accuracy'], results['error_rate'], n_test, spec.title))
-    if dataset != 'mnist':
-        names = ['{} {}'.format(k, name) for k, name in enumerate(spec.class_names)]
+    if spec.source != 'mnist':
+        names = ['{} {}'.format(k, name)
+                 for k, name in enumerate(DATASETS[spec.source].class_names)]
         print('# classes: {}'.format(', '.join(names)))
-    print('# total: {:.1f} s'.format(time.time() - start))
+    return results
+
+
+def analyze_pairs(model, arrays, n_test, test_set, args, evaluation):
+    """MultiMNIST: the pair accuracies and the paper's Figure 5."""
+    x, t2 = arrays[0][:n_test], arrays[1][:n_test]
+    tic = time.time()
+    scores = metrics.score(model, x, args.batchsize,
+                           progress=Progress('scoring {} test pairs'.format(n_test)))
+    both, one = multimnist.pair_accuracy(scores, t2)
+    right = multimnist.pair_hits(scores, t2).all(axis=1)  # (N,)
+    k = max(args.top_k, 1)
+    shown = {'multimnist.png': (numpy.arange(min(k, n_test)), 'the first test pairs'),
+             'multimnist_right.png': (numpy.flatnonzero(right)[:k], 'right: both digits'),
+             'multimnist_wrong.png': (numpy.flatnonzero(~right)[:k], 'wrong')}
+    for name, (index, title) in shown.items():
+        save(pair_figures.plot_pairs(model, x[index], t2[index], title=title),
+             os.path.join(args.out, name))
+    evaluation.update(images='the first {} of {} MultiMNIST test pairs (seed {}, shifts up '
+                             'to {} px)'.format(n_test, test_set['pairs'], test_set['seed'],
+                                                test_set['max_shift']),
+                      test_set=test_set)
+    print('# scoring and figures: {:.1f} s'.format(time.time() - tic))
+    print('test accuracy {:.2%} (error {:.2%}; at least one digit right {:.2%}) on {} '
+          'MultiMNIST test pairs'.format(both, 1 - both, one, n_test))
+    return {'accuracy': both, 'error_rate': 1 - both, 'accuracy_at_least_one': one,
+            'n': int(n_test), 'correct': int(right.sum()), 'evaluation': evaluation,
+            'wrong': [{'index': int(i), 'true': [int(a) for a in t2[i]],
+                       'pred': [int(a) for a in multimnist.top_two(scores[i:i + 1])[0]]}
+                      for i in numpy.flatnonzero(~right)[:k]]}
 
 
 def main(argv=None):

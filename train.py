@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Trains CapsNet on MNIST (or Fashion-MNIST) and keeps the best model.
+"""Trains CapsNet on MNIST (or Fashion-MNIST, or MultiMNIST) and keeps the best model.
 
     python train.py -g 0 --save saved_model --reconstruct
+    python train.py -g 0 --dataset multimnist --unshared --save saved_model --reconstruct
 
 Every default is the reference implementation's behaviour; the flags under "paper
 variants" switch to the paper's choices where the two differ.
@@ -20,14 +21,13 @@ import chainer  # noqa: E402
 import filelock  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
+from capsnet_chainer import protocols  # noqa: E402
 from capsnet_chainer import snapshots  # noqa: E402
 from capsnet_chainer import training as capsnet_training  # noqa: E402
 from capsnet_chainer.cli import finite_float  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.mnist import DATASETS  # noqa: E402
 from capsnet_chainer.mnist import get_dataset  # noqa: E402
-from capsnet_chainer.augment import RandomShift  # noqa: E402
 from capsnet_chainer.figures import ReconstructionReport  # noqa: E402
 from capsnet_chainer.model import CapsNet  # noqa: E402
 from capsnet_chainer.modelfile import inspect_model_file  # noqa: E402
@@ -40,10 +40,12 @@ from capsnet_chainer.random_state import set_random_seed  # noqa: E402
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(
-        description='CapsNet (Sabour et al., NIPS 2017) on MNIST or Fashion-MNIST, in Chainer',
+        description='CapsNet (Sabour et al., NIPS 2017) on MNIST, Fashion-MNIST or '
+                    'MultiMNIST, in Chainer',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--dataset', choices=tuple(DATASETS), default='mnist',
-                        help='the data set to train and test on (see --data-dir)')
+    parser.add_argument('--dataset', choices=tuple(protocols.PROTOCOLS), default='mnist',
+                        help='the data set to train and test on (see --data-dir; '
+                             'multimnist: pairs of overlaid MNIST digits, 36x36)')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=256)
     parser.add_argument('--decay', '-d', type=finite_float, default=0.95,
                         help='learning-rate decay factor per epoch (or per --decay-every)')
@@ -73,9 +75,11 @@ def parse_args(argv=None):
                         help='every N epochs, write the reconstructions of the first two '
                              'test images of each digit into --out (0: never)')
     parser.add_argument('--n-train', type=positive_int, default=None,
-                        help='use the first N training images')
+                        help='use the first N training images (multimnist: as the '
+                             'digits pairs are drawn from)')
     parser.add_argument('--n-test', type=positive_int, default=None,
-                        help='use the first N test images')
+                        help='use the first N test images (multimnist: N test pairs, '
+                             'default {:,})'.format(protocols.MULTIMNIST_TEST_PAIRS))
     parser.add_argument('--alpha', type=finite_float, default=1e-3,
                         help='Adam learning rate')
     parser.add_argument('--min-alpha', type=finite_float, default=1e-5,
@@ -100,8 +104,10 @@ def parse_args(argv=None):
                                'only the last weighted sum')
     variants.add_argument('--shift-per-image', action='store_true',
                           help='draw one +-2 px shift per image, not per batch (paper)')
-    variants.add_argument('--max-shift', type=non_negative_int, default=2,
-                          help='largest shift in pixels')
+    variants.add_argument('--max-shift', type=non_negative_int, default=None,
+                          help='largest shift in pixels (default: 2; multimnist: {}, '
+                               'the paper; the official code uses 6)'.format(
+                                   protocols.PROTOCOLS['multimnist'].max_shift))
     variants.add_argument('--mask-test', choices=('label', 'prediction'), default='label',
                           help='decoder mask at test time: true label or prediction')
     cli.add_common_arguments(parser)
@@ -116,9 +122,15 @@ def parse_args(argv=None):
         parser.error('--min-alpha must be >= 0, got {}'.format(args.min_alpha))
     if args.recon_weight < 0:
         parser.error('--recon-weight must be >= 0, got {}'.format(args.recon_weight))
+    spec = protocols.protocol(args.dataset)
+    if args.max_shift is None:
+        args.max_shift = spec.max_shift
     if args.max_shift >= 28:
         parser.error('--max-shift {} would shift the whole 28x28 image out of view'
                      .format(args.max_shift))
+    if spec.pairs and args.shift_per_image:
+        parser.error('--shift-per-image: --dataset {} already shifts each digit of a pair '
+                     'on its own'.format(args.dataset))
     try:
         cli.check_output_folder(args.out, '--out')
         if args.save:
@@ -212,38 +224,46 @@ def train(argv=None):
     check_save_target(args.save)
     resume = find_resume_snapshot(args, settings)
 
-    # Load the data
+    # Load the data: the digits of the source data set, then the protocol's sets
+    spec = protocols.protocol(args.dataset)
     try:
-        train, test = get_dataset(args.dataset, data_dir=args.data_dir,
-                                  n_train=args.n_train, n_test=args.n_test,
+        train, test = get_dataset(spec.source, data_dir=args.data_dir,
+                                  n_train=args.n_train,
+                                  n_test=protocols.source_n_test(args.dataset, args.n_test),
                                   data_dir_name='--data-dir')
     except ValueError as e:  # --n-train or --n-test larger than the data
         raise cli.CLIError(str(e).replace('n_train=', '--n-train ').replace(
             'n_test=', '--n-test '), cli.EXIT_USAGE) from None
     train, heldout = split_heldout(train, args)
+    data = protocols.make_data(args.dataset, train, heldout, test, n_test=args.n_test,
+                               max_shift=args.max_shift,
+                               shift_per_image=args.shift_per_image, seed=args.seed)
+    print('# dataset: {}'.format(protocols.describe(args.dataset, data)))
 
     # Set up a model
     set_random_seed(args.seed, device)
-    print('# dataset: {} ({} training, {} test images)'.format(
-        DATASETS[args.dataset].title, len(train), len(test)))
-    model = build_model(args, test[0][0].shape)
+    model = build_model(args, protocols.in_shape(data))
     print('# parameters: {:,}'.format(model.count_params()))
     model.to_device(device)
     device.use()
 
     # Set up a trainer
-    converter = RandomShift(args.max_shift, per_image=args.shift_per_image, seed=args.seed)
     run_args = {k: v for k, v in vars(args).items()
                 if k not in snapshots.BOOKKEEPING_FLAGS}
-    meta = {'train_args': run_args, 'dataset': args.dataset, 'train_images': len(train),
-            'heldout_images': len(heldout) if heldout is not None else 0,
-            'test_images': len(test), 'provenance': provenance(device)}
+    meta = {'train_args': run_args, 'dataset': args.dataset,
+            'train_images': len(data.train),
+            'heldout_images': len(data.heldout) if data.heldout is not None else 0,
+            'test_images': len(data.test), 'provenance': provenance(device)}
+    if data.test_set:
+        meta['test_set'] = data.test_set
     trainer = capsnet_training.build_trainer(
-        model, train, test, device, converter, batchsize=args.batchsize, epoch=args.epoch,
+        model, data.train, data.test, device, data.converter, batchsize=args.batchsize,
+        epoch=args.epoch,
         alpha=args.alpha, decay=args.decay, decay_every=args.decay_every,
         min_alpha=args.min_alpha, seed=args.seed, out=args.out, save=args.save,
         keep=args.keep, test_batchsize=args.test_batchsize,
-        snapshot_every=args.snapshot_every, settings=settings, meta=meta, heldout=heldout)
+        snapshot_every=args.snapshot_every, settings=settings, meta=meta,
+        heldout=data.heldout, pairs=spec.pairs)
     print('# model selection: {}'.format(capsnet_training.selection_rule(
         args.validation)[1]))
     if args.vis_every:
@@ -251,7 +271,7 @@ def train(argv=None):
             print('warning: --vis-every without --reconstruct: the decoder is not trained, '
                   'so the reconstruction figures will show noise', file=sys.stderr)
         trainer.extend(ReconstructionReport.from_dataset(
-            model, test, trigger=(args.vis_every, 'epoch')))
+            model, data.test, trigger=(args.vis_every, 'epoch')))
     if resume:
         print('Resuming from {}'.format(resume))
         snapshots.load_snapshot(resume, trainer)

@@ -385,12 +385,14 @@ class ReconstructionReport(training.Extension):
 
     Every trigger it reconstructs ``x`` masked with ``t`` and writes the figure into
     ``trainer.out``, atomically, so a user watching a long run sees the decoder learn.
+    For MultiMNIST pairs (``t`` of shape ``(B, 2)``) the figure is that of
+    :func:`~capsnet_chainer.pair_figures.plot_pairs` (the paper's Fig. 5).
 
     Args:
         model (~capsnet_chainer.CapsNet): The network being trained (any device).
         x (array): Images to show ``(B, 1, H, W)``, e.g. 20 test images chosen by
             :func:`select_samples`.
-        t (array): Their labels.
+        t (array): Their labels ``(B,)``, or ``(B, 2)`` for pairs.
         filename (str): Formatted with ``epoch`` and ``iteration``.
         trigger: When to write (default: every epoch).
     """
@@ -407,9 +409,14 @@ class ReconstructionReport(training.Extension):
 
     @classmethod
     def from_dataset(cls, model, dataset, per_class=2, **kwargs):
-        """Shows the first ``per_class`` examples of each digit of ``dataset``."""
+        """Shows the first ``per_class`` examples of each digit of ``dataset`` (pairs:
+        its first ``per_class`` x 5 pairs)."""
+        n_class = model.config['n_class']
+        if numpy.ndim(dataset[0][1]) == 1:  # pairs
+            x, t = chainer.dataset.concat_examples(dataset[:per_class * n_class // 2])[:2]
+            return cls(model, x, t, **kwargs)
         x, t = chainer.dataset.concat_examples(dataset[:])
-        index = select_samples(t, per_class, model.config['n_class'])
+        index = select_samples(t, per_class, n_class)
         return cls(model, x[index], t[index], **kwargs)
 
     def __call__(self, trainer):
@@ -418,7 +425,12 @@ class ReconstructionReport(training.Extension):
             epoch=updater.epoch, iteration=updater.iteration))
         try:
             os.makedirs(trainer.out, exist_ok=True)
-            save_figure(plot_reconstructions(self.model, self.x, self.t), path)
+            if self.t.ndim == 2:
+                # pair_figures draws with this module's helpers: imported here, not above
+                from capsnet_chainer.pair_figures import plot_pairs
+                save_figure(plot_pairs(self.model, self.x, self.t), path)
+            else:
+                save_figure(plot_reconstructions(self.model, self.x, self.t), path)
         except OSError as e:  # a full disk should not stop the training
             print('warning: ReconstructionReport: cannot write {}: {}'.format(path, e),
                   file=sys.stderr)

@@ -5,6 +5,7 @@
 
 import chainer
 import chainer.functions as F
+import numpy
 
 from capsnet_chainer.functions import capsule_length
 from capsnet_chainer.functions import margin_loss
@@ -15,6 +16,7 @@ from capsnet_chainer.links import Decoder
 from capsnet_chainer.links import DigitCapsules
 from capsnet_chainer.links import PrimaryCapsules
 from capsnet_chainer import metrics
+from capsnet_chainer import multimnist
 
 MASK_CHOICES = ('label', 'prediction')
 
@@ -116,8 +118,22 @@ class CapsNet(chainer.Chain):
         """Reconstructs ``(B, C, H, W)`` images from ``v`` masked by ``labels``."""
         return self.decoder(v, labels)
 
-    def forward(self, x, t):
-        """Args: x ``(B, C, H, W)`` float32, t ``(B,)`` int32. Returns: the scalar loss."""
+    def forward(self, x, t, digits=None):
+        """The loss of a batch: one digit per image, or two (MultiMNIST).
+
+        Args:
+            x: Images ``(B, C, H, W)``, float32.
+            t: Labels ``(B,)`` int32; or ``(B, 2)`` for two overlaid digits, which gives
+                the two-digit loss of :func:`~capsnet_chainer.multimnist.two_digit_loss`
+                (both capsules present; each digit reconstructed from its own capsule).
+            digits: With ``(B, 2)`` labels, the two digits alone ``(B, 2, C, H, W)``,
+                the targets of their reconstructions.
+
+        Returns:
+            ~chainer.Variable: The scalar loss.
+        """
+        if t.ndim == 2:
+            return self._pair_loss(x, t, digits)
         v = self.digit_capsules(x)  # (B, J, D)
         lengths = capsule_length(v)  # (B, J)
         loss = margin_loss(lengths, t)
@@ -131,6 +147,23 @@ class CapsNet(chainer.Chain):
             report['loss/recon'] = recon
             loss = loss + recon
         report['loss'] = loss
+        chainer.report(report, self)
+        return loss
+
+    def _pair_loss(self, x, t2, digits):
+        """The MultiMNIST loss (Sec. 6 of the paper): reports ``accuracy`` (both digits
+        are the two longest capsules) and ``accuracy/one`` (at least one is)."""
+        v = self.digit_capsules(x)  # (B, J, D)
+        # Each digit is reconstructed from its own label's capsule, at test time too
+        # (with either mask_test: which predicted capsule goes with which digit is
+        # not defined).
+        loss, report = multimnist.two_digit_loss(
+            v, t2, digits, self.decode if self.reconstruct else None,
+            self.config['recon_weight'])
+        hits = multimnist.pair_hits(capsule_length(v).array, t2)  # (B, 2)
+        xp = chainer.backend.get_array_module(hits)
+        report.update(loss=loss, accuracy=xp.mean(hits.all(axis=1), dtype=numpy.float32),
+                      **{'accuracy/one': xp.mean(hits.any(axis=1), dtype=numpy.float32)})
         chainer.report(report, self)
         return loss
 

@@ -348,13 +348,35 @@ def two_digit_loss(v, labels2, digits=None, decode=None, recon_weight=0.0005):
 # Scoring
 
 
+def top_two(scores):
+    """The two highest-scoring classes of each row, highest first ``(B, 2)``.
+
+    Ties are broken towards the lower class index (as a stable sort of ``-scores``).
+    Runs on the device of ``scores`` (NumPy or CuPy).
+    """
+    xp = chainer.backend.get_array_module(scores)
+    first = scores.argmax(axis=1)  # (B,): argmax takes the first of equal maxima
+    rest = scores.copy()
+    rest[xp.arange(len(scores)), first] = -xp.inf
+    second = rest.argmax(axis=1)  # (B,)
+    return xp.stack([first, second], axis=1)
+
+
+def pair_hits(scores, labels2):
+    """Which of each image's two labels are among its two top classes, ``(B, 2)`` bool.
+
+    On the device of ``scores``; :func:`pair_accuracy` checks and averages it.
+    """
+    top2 = top_two(scores)  # (B, 2)
+    return (top2[:, :, None] == labels2[:, None, :]).any(axis=1)  # (B, 2): label k found
+
+
 def pair_accuracy(scores, labels2):
     """Fractions of images whose two digits are both, or at least one, recognised.
 
     The prediction of an image is the set of its two highest-scoring classes (the two
-    longest capsules); ties are broken towards the lower class index. An image is
-    right when that set equals the set of its two labels, and "at least one right"
-    when it contains at least one of them.
+    longest capsules; :func:`top_two`). An image is right when that set equals the set
+    of its two labels, and "at least one right" when it contains at least one of them.
 
     Args:
         scores (array): Class scores ``(B, J)``, e.g. capsule lengths.
@@ -370,11 +392,7 @@ def pair_accuracy(scores, labels2):
             scores.shape, labels2.shape))
     if (labels2[:, 0] == labels2[:, 1]).any():
         raise ValueError('every row of labels2 needs two different classes')
-    B = len(scores)
-    if B == 0:
+    if len(scores) == 0:
         return 0.0, 0.0
-    top2 = numpy.argsort(-scores, axis=1, kind='stable')[:, :2]  # (B, 2)
-    hit = (top2[:, :, None] == labels2[:, None, :]).any(axis=1)  # (B, 2): label k found
-    both = float(hit.all(axis=1).mean())
-    one = float(hit.any(axis=1).mean())
-    return both, one
+    hit = pair_hits(scores, labels2)
+    return float(hit.all(axis=1).mean()), float(hit.any(axis=1).mean())

@@ -45,8 +45,9 @@ HELDOUT_ACCURACY = 'heldout/main/accuracy'
 class ConverterStateUpdater(training.updaters.StandardUpdater):
     """A :class:`StandardUpdater` that saves every random state and refuses NaN.
 
-    Its snapshot state adds the converter's (the shift RNG's), NumPy's global generator
-    and Python's :mod:`random`. With ``check_finite`` it wraps the loss function in
+    Its snapshot state adds the converter's (the shift RNG's), the training dataset's
+    where it has one (the pair sampler of MultiMNIST), NumPy's global generator and
+    Python's :mod:`random`. With ``check_finite`` it wraps the loss function in
     :func:`~capsnet_chainer.nonfinite.finite_loss` and registers the optimizer hook
     :class:`~capsnet_chainer.nonfinite.NonFiniteCheck`, which Chainer calls between the
     backward pass and the update: a NaN or infinite loss or gradient raises
@@ -68,6 +69,9 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
         super().serialize(serializer)
         if hasattr(self.converter, 'serialize'):
             self.converter.serialize(serializer['converter'])
+        dataset = self.get_iterator('main').dataset
+        if hasattr(dataset, 'serialize'):
+            dataset.serialize(serializer['dataset'])
         serialize_random_state(serializer['numpy_random'], numpy.random)
         serialize_python_random(serializer['python_random'])
 
@@ -231,7 +235,7 @@ def selection_rule(n_heldout=0):
 def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch=500,
                   alpha=1e-3, decay=0.95, decay_every=0, min_alpha=1e-5, seed=789,
                   out='result', save=None, keep=1, test_batchsize=100, snapshot_every=0,
-                  settings=None, meta=None, heldout=None):
+                  settings=None, meta=None, heldout=None, pairs=False):
     """Assembles the :class:`~chainer.training.Trainer` the way Chainer's examples do.
 
     The defaults are those of ``train.py``.
@@ -260,6 +264,8 @@ def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch
         heldout: Images held out of ``train`` (``--validation``), or ``None``. When
             given, they are evaluated every epoch (``heldout/main/...``) and choose the
             best model; the test set is then scored for the report only.
+        pairs (bool): The examples are MultiMNIST pairs: the log and the plots also
+            show ``accuracy/one`` (at least one of the two digits right).
     """
     # Triggers
     epoch_trigger = (1, 'epoch')
@@ -304,6 +310,8 @@ def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch
         losses += ['main/loss/margin', 'main/loss/recon',
                    'validation/main/loss/margin', 'validation/main/loss/recon']
     accuracies = ['main/accuracy', TEST_ACCURACY]
+    if pairs:
+        accuracies.append(TEST_ACCURACY + '/one')
     if heldout is not None:
         losses.append('heldout/main/loss')
         accuracies.append(HELDOUT_ACCURACY)
