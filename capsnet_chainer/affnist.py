@@ -33,16 +33,17 @@ variable, the struct ``affNISTdata``, whose fields include ``image`` (1600 x N,
 ``uint8`` 0..255, one image a column) and ``label_int`` (1 x N, the class 0..9); there
 are also ``label_one_of_n`` and the transformation of each image. A column holds its
 40x40 image row by row (``image[:, k].reshape(40, 40)`` in NumPy's C order is upright):
-the order in which the official CapsNet code and other readers take it. To check it on
-real files, read ``just_centered/test.mat`` with :func:`read_affnist` and compare it
-with :func:`expand` of the MNIST test digits: they agree pixel for pixel (to the
-``uint8`` rounding) when the orientation is right. Reading ``.mat`` files needs SciPy,
-an optional dependency: ``pip install 'capsnet-chainer[affnist]'``.
+the order in which published readers take it (e.g. ``affnist_shift.py`` of the paper's
+TensorFlow code, as kept in a fork). To check it on real files, read
+``just_centered/test.mat`` with :func:`read_affnist` and compare it with :func:`expand`
+of the MNIST test digits: they agree pixel for pixel when the orientation is right.
+Reading ``.mat`` files needs SciPy, an optional dependency:
+``pip install 'capsnet-chainer[affnist]'``.
 
 **The stand-in.** Each image is a test digit under a random affine transformation drawn
 from the ranges below, then translated so that the whole digit stays on the canvas.
-The ranges are affNIST's, as its page describes its transformations (docs/affnist.md
-says how they were checked, and which one is uncertain):
+The ranges are meant to be affNIST's, as its page describes its transformations
+(docs/affnist.md says how they were checked; the shear is uncertain):
 
 * rotation within :data:`MAX_ROTATION` (20) degrees;
 * shear within :data:`MAX_SHEAR` (0.2: the horizontal coordinate gains up to 0.2 x the
@@ -80,11 +81,12 @@ AFFNIST_URL = 'https://www.cs.toronto.edu/~tijmen/affNIST/'
 #: Pin of the optional dependency that reads ``.mat`` files (the ``[affnist]`` extra).
 SCIPY_REQUIREMENT = 'scipy==1.17.1'
 
-#: Largest rotation of the stand-in, degrees (affNIST page: within 20 degrees).
+#: Largest rotation of the stand-in, degrees (affNIST's 20; docs/affnist.md gives the sources).
 MAX_ROTATION = 20.0
-#: Largest shear factor of the stand-in (affNIST page: shearing within 0.2).
+#: Largest shear factor of the stand-in: 0.2, about 11 degrees. The one uncertain range:
+#: docs/affnist.md says why 0.2, and not the 45 degrees that one source gives.
 MAX_SHEAR = 0.2
-#: Range of each of the vertical and horizontal scale factors (affNIST page: 0.8 to 1.2).
+#: Range of each of the vertical and horizontal scale factors (affNIST's 0.8 to 1.2).
 SCALE_RANGE = (0.8, 1.2)
 #: The stand-in's ranges, to record beside its results.
 STANDIN_RANGES = collections.OrderedDict([
