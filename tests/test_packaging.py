@@ -38,3 +38,10 @@ def test_cuda_extras_pin_one_cupy_version():
     versions = {v for pins in cupy.values() for v in pins.values()}
     assert len(versions) == 1
     assert cupy['cuda13'] == {'cupy-cuda13x': versions.pop()}
+
+
+def test_affnist_extra_pins_the_scipy_that_the_reader_names():
+    from capsnet_chainer.affnist import SCIPY_REQUIREMENT
+    extras = _pyproject()['project']['optional-dependencies']
+    assert extras['affnist'] == [SCIPY_REQUIREMENT]
+    assert _pins(extras['affnist'])['scipy']  # pinned with ==
