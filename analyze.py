@@ -8,6 +8,11 @@ masking grid), ``vis_tweaked0.png`` .. ``vis_tweaked9.png`` (dimension perturbat
 ``metrics.json`` (accuracy on the test set, no augmentation), ``confusion.png`` and
 ``misclassified.png`` (the most confident mistakes beside their reconstructions).
 
+A model of the affNIST protocol (``--dataset affnist``) is scored on the expanded MNIST
+test set (the digits centred on 40x40), and on the official affNIST test files of
+``--affnist-dir`` or, without them, on an affine-transformed MNIST test set that stands
+in for affNIST (and is named so): ``metrics.json`` gives both (``transformed``).
+
 A MultiMNIST model gets the paper's Figure 5 instead: ``multimnist.png`` (the first
 test pairs), ``multimnist_right.png`` and ``multimnist_wrong.png``, each pair beside its
 two reconstructions overlaid in red and green; ``metrics.json`` gives the accuracy
@@ -27,6 +32,7 @@ import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctyp
 import chainer  # noqa: E402
 import numpy  # noqa: E402
 
+from capsnet_chainer import affnist  # noqa: E402
 from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer import figures  # noqa: E402
 from capsnet_chainer import metrics  # noqa: E402
@@ -42,6 +48,10 @@ from capsnet_chainer.modelfile import load_model  # noqa: E402
 from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
 from capsnet_chainer.fileio import file_sha256  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
+
+
+#: Seed of the affine-transformed MNIST test set that stands in for affNIST.
+AFFINE_STANDIN_SEED = 20171107
 
 
 def parse_args(argv=None):
@@ -61,6 +71,13 @@ def parse_args(argv=None):
                              'multimnist: the first N of the pairs the model was tested '
                              'on, or N pairs from the same seed); the sample figures '
                              'always use the full test set')
+    parser.add_argument('--affnist-dir', default=None, metavar='DIR',
+                        help='affnist models: the official affNIST test files (test.mat, '
+                             '1.mat .. 32.mat, or their zips; see docs/affnist.md); '
+                             'without it, a stand-in affine-transformed MNIST test set')
+    parser.add_argument('--n-transformed', type=positive_int, default=None, metavar='N',
+                        help='affnist models: score the first N transformed images (None: '
+                             'all: 320,000 affNIST images, or 10,000 stand-in images)')
     parser.add_argument('--perturbation', choices=sorted(figures.PERTURBATIONS),
                         default='reference',
                         help='vis_tweaked*.png: the reference (9 rows of steps of 0.075 '
@@ -181,6 +198,11 @@ def analyze(argv=None):
         results = analyze_pairs(model, arrays, n_test, test_set, args, evaluation)
     else:
         results = analyze_digits(model, arrays, n_test, spec, args, evaluation)
+    if dataset == 'affnist':
+        results['transformed'] = score_transformed(model, digits, args)
+    elif args.affnist_dir or args.n_transformed:
+        raise cli.CLIError('--affnist-dir and --n-transformed apply to models of --dataset '
+                           'affnist; this one is {}'.format(dataset), cli.EXIT_USAGE)
     results.update({
         'config': model.config,
         'selection': meta.get('selection', {'rule': 'not recorded in the model file'}),
@@ -234,7 +256,8 @@ def analyze_digits(model, arrays, n_test, spec, args, evaluation):
     t = t[:n_test]
     results = metrics.classification_metrics(t, scores)
     errors = metrics.most_confident_errors(t, scores, args.top_k)
-    evaluation.update(images='the first {} of the {} test set'.format(n_test, spec.title),
+    evaluation.update(images='the first {} of the {} test set'.format(
+                          n_test, affnist.EXPANDED_TITLE if spec.canvas else spec.title),
                       class_names=list(DATASETS[spec.source].class_names))
     results.update({
         'evaluation': evaluation,
@@ -248,13 +271,43 @@ def analyze_digits(model, arrays, n_test, spec, args, evaluation):
     save(figures.plot_misclassified(model, x[:n_test], t, scores, errors),
          os.path.join(args.out, 'misclassified.png'))
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
+    title = affnist.EXPANDED_TITLE if spec.canvas else spec.title
     print('test accuracy {:.2%} (error {:.2%}) on {} {} test images, no augmentation'.format(
-        results['accuracy'], results['error_rate'], n_test, spec.title))
+        results['accuracy'], results['error_rate'], n_test, title))
     if spec.source != 'mnist':
         names = ['{} {}'.format(k, name)
                  for k, name in enumerate(DATASETS[spec.source].class_names)]
         print('# classes: {}'.format(', '.join(names)))
     return results
+
+
+def score_transformed(model, digits, args):
+    """affNIST protocol: the accuracy on affNIST, or on its stand-in (named as such)."""
+    tic = time.time()
+    try:
+        sets = affnist.get_affnist_eval(digits, affnist_dir=args.affnist_dir,
+                                        n=args.n_transformed, seed=AFFINE_STANDIN_SEED)
+    except ValueError as e:  # --n-transformed beyond the files
+        raise cli.CLIError('--n-transformed: {}'.format(e), cli.EXIT_USAGE) from None
+    key = affnist.AFFNIST_KEY if args.affnist_dir else affnist.STANDIN_KEY
+    dataset, title = sets[key]
+    x, t = chainer.dataset.concat_examples(dataset[:])
+    scores = metrics.score(model, x, args.batchsize,
+                           progress=Progress('scoring {} {} images'.format(len(t), key)))
+    correct = int((scores.argmax(axis=1) == t).sum())
+    result = {'key': key, 'title': title, 'n_test': len(t), 'n_correct': correct,
+              'accuracy': correct / max(len(t), 1)}
+    if args.affnist_dir:
+        result['files'] = os.path.abspath(args.affnist_dir)
+    else:
+        result.update(seed=AFFINE_STANDIN_SEED, ranges=affnist.STANDIN_RANGES,
+                      note='not affNIST: MNIST test digits under random affine '
+                           'transformations drawn from ranges meant to be affNIST\'s; '
+                           'not comparable with the paper\'s 79%')
+    print('# {}: {:.1f} s'.format(title, time.time() - tic))
+    print('{} accuracy {:.2%} (error {:.2%}) on {} images'.format(
+        title, result['accuracy'], 1 - result['accuracy'], len(t)))
+    return result
 
 
 def analyze_pairs(model, arrays, n_test, test_set, args, evaluation):
@@ -280,7 +333,7 @@ def analyze_pairs(model, arrays, n_test, test_set, args, evaluation):
     print('test accuracy {:.2%} (error {:.2%}; at least one digit right {:.2%}) on {} '
           'MultiMNIST test pairs'.format(both, 1 - both, one, n_test))
     return {'accuracy': both, 'error_rate': 1 - both, 'accuracy_at_least_one': one,
-            'n': int(n_test), 'correct': int(right.sum()), 'evaluation': evaluation,
+            'n_test': int(n_test), 'n_correct': int(right.sum()), 'evaluation': evaluation,
             'wrong': [{'index': int(i), 'true': [int(a) for a in t2[i]],
                        'pred': [int(a) for a in multimnist.top_two(scores[i:i + 1])[0]]}
                       for i in numpy.flatnonzero(~right)[:k]]}

@@ -45,7 +45,9 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--dataset', choices=tuple(protocols.PROTOCOLS), default='mnist',
                         help='the data set to train and test on (see --data-dir; '
-                             'multimnist: pairs of overlaid MNIST digits, 36x36)')
+                             'multimnist: pairs of overlaid MNIST digits, 36x36; affnist: '
+                             'MNIST placed at random on 40x40, tested on the centred '
+                             'digits, and by analyze.py on affNIST)')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=256)
     parser.add_argument('--decay', '-d', type=finite_float, default=0.95,
                         help='learning-rate decay factor per epoch (or per --decay-every)')
@@ -106,7 +108,7 @@ def parse_args(argv=None):
                           help='draw one +-2 px shift per image, not per batch (paper)')
     variants.add_argument('--max-shift', type=non_negative_int, default=None,
                           help='largest shift in pixels (default: 2; multimnist: {}, '
-                               'the paper; the official code uses 6)'.format(
+                               'the paper; the official code uses 6; affnist: none)'.format(
                                    protocols.PROTOCOLS['multimnist'].max_shift))
     variants.add_argument('--mask-test', choices=('label', 'prediction'), default='label',
                           help='decoder mask at test time: true label or prediction')
@@ -123,9 +125,14 @@ def parse_args(argv=None):
     if args.recon_weight < 0:
         parser.error('--recon-weight must be >= 0, got {}'.format(args.recon_weight))
     spec = protocols.protocol(args.dataset)
+    if spec.max_shift is None and (args.max_shift is not None or args.shift_per_image):
+        parser.error('--{}: --dataset {} places each digit at random on the {}x{} canvas '
+                     'and shifts nothing'.format(
+                         'max-shift' if args.max_shift is not None else 'shift-per-image',
+                         args.dataset, spec.canvas, spec.canvas))
     if args.max_shift is None:
         args.max_shift = spec.max_shift
-    if args.max_shift >= 28:
+    if args.max_shift is not None and args.max_shift >= 28:
         parser.error('--max-shift {} would shift the whole 28x28 image out of view'
                      .format(args.max_shift))
     if spec.pairs and args.shift_per_image:

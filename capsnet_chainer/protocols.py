@@ -14,6 +14,10 @@ augmentation) of one experiment:
     (:class:`~capsnet_chainer.multimnist.PairSampler`)", "none: each digit is shifted up
     to ``--max-shift`` (4) px when its pair is drawn", "``--n-test`` fixed pairs
     (10,000), regenerated from :data:`MULTIMNIST_TEST_SEED`"
+    ``affnist``, MNIST, "``(x, t)``, 40x40", "each digit placed at random on the 40x40
+    canvas (:class:`~capsnet_chainer.affnist.RandomPlacement`), nothing else", "the
+    expanded MNIST test set (digits centred); ``analyze.py`` adds affNIST or its
+    stand-in (:func:`~capsnet_chainer.affnist.get_affnist_eval`)"
 
 A test set that is generated rather than read is described by a small dict
 (:attr:`Data.test_set`) that model files record, so that ``analyze.py`` regenerates
@@ -25,16 +29,21 @@ import collections
 import chainer
 import numpy
 
+from capsnet_chainer import affnist
 from capsnet_chainer import multimnist
 from capsnet_chainer.augment import RandomShift
 
-#: ``(title, source data set, two digits per image, default --max-shift)``.
-Protocol = collections.namedtuple('Protocol', 'title source pairs max_shift')
+#: ``(title, source data set, two digits per image, default --max-shift (None: the
+#: digits are not shifted), canvas side (None: the source's 28x28))``.
+Protocol = collections.namedtuple('Protocol', 'title source pairs max_shift canvas')
 
 PROTOCOLS = collections.OrderedDict([
-    ('mnist', Protocol('MNIST', 'mnist', False, 2)),
-    ('fashion-mnist', Protocol('Fashion-MNIST', 'fashion-mnist', False, 2)),
-    ('multimnist', Protocol('MultiMNIST', 'mnist', True, multimnist.MAX_SHIFT)),
+    ('mnist', Protocol('MNIST', 'mnist', False, 2, None)),
+    ('fashion-mnist', Protocol('Fashion-MNIST', 'fashion-mnist', False, 2, None)),
+    ('multimnist', Protocol('MultiMNIST', 'mnist', True, multimnist.MAX_SHIFT,
+                            multimnist.CANVAS)),
+    ('affnist', Protocol('MNIST on a 40x40 canvas (the affNIST protocol)', 'mnist', False,
+                         None, affnist.CANVAS)),
 ])
 
 #: Seed of the MultiMNIST test pairs (fixed: every run is tested on the same pairs).
@@ -98,6 +107,14 @@ def make_data(name, train, heldout, test, n_test=None, max_shift=None,
     spec = protocol(name)
     if max_shift is None:
         max_shift = spec.max_shift
+    if spec.max_shift is None:  # affnist: placed at random on the canvas, not shifted
+        if max_shift is not None or shift_per_image:
+            raise ValueError('the {} protocol places each digit at random on its canvas; '
+                             'it takes no shift'.format(name))
+        if heldout is not None:
+            heldout = make_test_set(name, heldout)
+        return Data(train, heldout, make_test_set(name, test),
+                    affnist.RandomPlacement(spec.canvas, seed=seed), {})
     if not spec.pairs:
         converter = RandomShift(max_shift, per_image=shift_per_image, seed=seed)
         return Data(train, heldout, test, converter, {})
@@ -122,7 +139,11 @@ def make_test_set(name, test, test_set=None):
             ``pairs``, ``seed`` and ``max_shift``); ignored for test sets read from
             files.
     """
-    if not protocol(name).pairs:
+    spec = protocol(name)
+    if not spec.pairs and spec.canvas:  # the expanded test set: digits centred
+        x, t = _arrays(test)
+        return chainer.datasets.TupleDataset(affnist.expand(x, spec.canvas), t)
+    if not spec.pairs:
         return test
     return _pairs(test, test_set['pairs'], test_set['seed'], test_set['max_shift'])
 

@@ -206,8 +206,8 @@ def test_analyze_reproduces_the_recorded_accuracy(pair_run, mnist_dir, tmp_path)
     with open(str(tmp_path / 'an' / 'metrics.json')) as f:
         results = json.load(f)
     _, meta = load_model(str(folder / 'best'))
-    assert results['n'] == 16
-    assert results['correct'] == meta['validation/main/accuracy_correct']
+    assert results['n_test'] == 16
+    assert results['n_correct'] == meta['validation/main/accuracy_correct']
     assert results['accuracy'] <= results['accuracy_at_least_one']
     assert results['evaluation']['test_set'] == meta['test_set']
     for name in ('multimnist.png', 'multimnist_right.png', 'multimnist_wrong.png'):
@@ -221,3 +221,55 @@ def test_analyze_reproduces_the_recorded_accuracy(pair_run, mnist_dir, tmp_path)
 def test_shift_per_image_is_refused_for_pairs(tmp_path):
     proc = run_train(['--dataset', 'multimnist', '--shift-per-image'], tmp_path)
     assert proc.returncode == 2 and 'shifts each digit of a pair' in proc.stderr
+
+
+# The affNIST protocol
+
+
+def test_affnist_sets():
+    from capsnet_chainer import affnist
+    train, heldout, test = digits(40), digits(10, 1), digits(20, 2)
+    data = protocols.make_data('affnist', train, heldout, test, seed=4)
+    assert data.train is train and data.test_set == {}
+    assert isinstance(data.converter, affnist.RandomPlacement)
+    assert data.converter.size == 40
+    x, t = data.converter([train[0], train[1]])
+    assert x.shape == (2, 1, 40, 40) and x.sum() == pytest.approx(
+        train._datasets[0][:2].sum(), rel=1e-5)  # the whole digit, placed
+    # Tested (and held out) on the digits centred: the expanded MNIST test set
+    xt, tt = chainer.dataset.concat_examples(data.test[:])
+    numpy.testing.assert_array_equal(xt, affnist.expand(test._datasets[0]))
+    numpy.testing.assert_array_equal(tt, test._datasets[1])
+    assert chainer.dataset.concat_examples(data.heldout[:])[0].shape == (10, 1, 40, 40)
+    for kwargs in ({'max_shift': 2}, {'shift_per_image': True}):
+        with pytest.raises(ValueError, match='takes no shift'):
+            protocols.make_data('affnist', train, None, test, **kwargs)
+
+
+def test_train_and_analyze_affnist(mnist_dir, tmp_path):
+    proc = run_train(['--data-dir', mnist_dir, '--dataset', 'affnist', '--n-train', '32',
+                      '--n-test', '20', '-b', '16', '-e', '1', '--save', 'best',
+                      '-o', 'result'], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '# parameters: 7,623,488' in proc.stdout
+    model, meta = load_model(str(tmp_path / 'best'))
+    assert model.config['in_shape'] == [1, 40, 40] and meta['dataset'] == 'affnist'
+    proc = run_analyze(['--load', 'best', '--data-dir', mnist_dir, '--n-test', '20',
+                        '--n-transformed', '30', '-o', 'an'], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(str(tmp_path / 'an' / 'metrics.json')) as f:
+        results = json.load(f)
+    assert results['n_correct'] == meta['validation/main/accuracy_correct']
+    transformed = results['transformed']
+    assert transformed['key'] == 'affine_standin' and transformed['n_test'] == 30
+    assert 'not affNIST' in transformed['title'] and 'ranges' in transformed
+    assert transformed['accuracy'] == transformed['n_correct'] / 30
+    assert 'stand-in for affNIST, not affNIST) accuracy' in proc.stdout
+    # The official files: a folder without them is named in one line
+    proc = run_analyze(['--load', 'best', '--data-dir', mnist_dir, '--n-test', '20',
+                        '--affnist-dir', str(tmp_path / 'nothing'), '-o', 'an2'], tmp_path)
+    assert proc.returncode != 0 and 'nothing' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    # ... and a shift for this protocol is refused
+    proc = run_train(['--dataset', 'affnist', '--max-shift', '2'], tmp_path)
+    assert proc.returncode == 2 and 'places each digit at random' in proc.stderr
