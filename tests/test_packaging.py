@@ -38,3 +38,11 @@ def test_cuda_extras_pin_one_cupy_version():
     versions = {v for pins in cupy.values() for v in pins.values()}
     assert len(versions) == 1
     assert cupy['cuda13'] == {'cupy-cuda13x': versions.pop()}
+
+
+def test_mpi_extra_pins_mpi4py_and_an_mpi():
+    from capsnet_chainer.distributed import INSTALL_LINE
+    mpi = _pins(_pyproject()['project']['optional-dependencies']['mpi'])
+    assert set(mpi) == {'mpi4py', 'mpich'}
+    assert all(mpi.values()), 'pinned with =='
+    assert "'.[mpi]'" in INSTALL_LINE
