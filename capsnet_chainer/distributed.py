@@ -55,7 +55,7 @@ from capsnet_chainer.random_state import SeededShuffleIterator
 
 #: ChainerMN's communicators, and where they run.
 COMMUNICATORS = {
-    'naive': 'CPU or GPU; MPI only',
+    'naive': 'CPU; MPI only (GPUs only with a CUDA-aware MPI)',
     'flat': 'GPU; MPI on whole gradient buffers',
     'non_cuda_aware': 'GPU; NCCL within a machine, MPI between machines',
     'pure_nccl': 'GPU; NCCL (the fastest on GPUs)',
