@@ -1,6 +1,7 @@
 # Set-up and entry points. `make train`, `make analyze` and `make test` build the
-# virtual environment on first use: PYTHON picks the interpreter (3.11 to 3.13), VENV
-# its folder, e.g. `make test PYTHON=python3.12 VENV=.venv-3.12`.
+# virtual environment on first use (`make test` adds mpi4py and MPICH): PYTHON picks the
+# interpreter (3.11 to 3.13), VENV its folder, e.g. `make test PYTHON=python3.12
+# VENV=.venv-3.12`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ ARGS ?= --save saved_model --reconstruct
 SHIPPED_MODEL := models/capsnet_mnist.npz
 MODEL ?= $(if $(wildcard saved_model),saved_model,$(SHIPPED_MODEL))
 
-.PHONY: venv train analyze test bench clean
+.PHONY: venv mpi train analyze test bench clean
 
 venv: $(VENV)/.installed
 
@@ -35,7 +36,15 @@ analyze: venv
 	@echo "make analyze: analyzing $(MODEL)$(if $(filter $(SHIPPED_MODEL),$(MODEL)), (the model that ships with the project; train your own with make train),)"
 	$(PY) analyze.py --load $(MODEL) $(ANALYZE_ARGS)
 
-test: venv $(VENV)/.installed-affnist
+# mpi4py and MPICH (the `mpi` extra), so that the tests of train.py under mpiexec run.
+mpi: $(VENV)/.installed-mpi
+
+$(VENV)/.installed-mpi: $(VENV)/.installed
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q \
+		--disable-pip-version-check -e '.[mpi]'
+	touch $@
+
+test: venv mpi $(VENV)/.installed-affnist
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 bench: venv

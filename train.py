@@ -3,6 +3,7 @@
 
     python train.py -g 0 --save saved_model --reconstruct
     python train.py -g 0 --dataset multimnist --unshared --save saved_model --reconstruct
+    mpiexec -n 4 python train.py -g 0 --communicator pure_nccl ...   # 4 GPUs (ChainerMN)
 
 Every default is the reference implementation's behaviour; the flags under "paper
 variants" switch to the paper's choices where the two differ.
@@ -21,6 +22,7 @@ import chainer  # noqa: E402
 import filelock  # noqa: E402
 
 from capsnet_chainer import cli  # noqa: E402
+from capsnet_chainer import distributed  # noqa: E402
 from capsnet_chainer import protocols  # noqa: E402
 from capsnet_chainer import snapshots  # noqa: E402
 from capsnet_chainer import training as capsnet_training  # noqa: E402
@@ -113,6 +115,12 @@ def parse_args(argv=None):
     variants.add_argument('--mask-test', choices=('label', 'prediction'), default='label',
                           help='decoder mask at test time: true label or prediction')
     cli.add_common_arguments(parser)
+    parser.add_argument('--communicator', choices=tuple(distributed.COMMUNICATORS),
+                        default=None,
+                        help='train data-parallel over MPI with this ChainerMN '
+                             'communicator, under mpiexec -n N (naive on the CPU, '
+                             'pure_nccl on GPUs); --batchsize is then the global batch, '
+                             'split among the N processes (README: "Several processes")')
     args = parser.parse_args(argv)
     if args.leaky_slope < 0:
         parser.error('--leaky-slope must be >= 0, got {}'.format(args.leaky_slope))
@@ -135,6 +143,10 @@ def parse_args(argv=None):
     if args.max_shift is not None and args.max_shift >= 28:
         parser.error('--max-shift {} would shift the whole 28x28 image out of view'
                      .format(args.max_shift))
+    if spec.pairs and args.communicator:
+        parser.error('--communicator: --dataset {} draws its training pairs in one '
+                     'process (the pair stream is not yet split over processes); train it '
+                     'without --communicator'.format(args.dataset))
     if spec.pairs and args.shift_per_image:
         parser.error('--shift-per-image: --dataset {} already shifts each digit of a pair '
                      'on its own'.format(args.dataset))
@@ -219,17 +231,30 @@ def check_save_target(path):
 
 def train(argv=None):
     args = parse_args(argv)
+    # Several processes under mpiexec (ChainerMN): only rank 0 prints and writes
+    comm = None
+    if args.communicator:
+        comm = distributed.create_communicator(args.communicator, use_gpu=args.gpu >= 0)
+        distributed.quiet_unless_writer(comm)
+    writer = distributed.is_writer(comm)
     print(json.dumps(vars(args), indent=2))
-    device = cli.get_device(args.gpu, args.device)
+    device = cli.get_device(*distributed.rank_device(args.gpu, args.device, comm))
     print('Device: {}'.format(cli.describe_device(device)))
     print('# Minibatch-size: {}'.format(args.batchsize))
+    if comm is not None:
+        per_rank = distributed.local_batchsize(args.batchsize, comm)  # or refuses
+        print('# processes: {} (--communicator {}), {} images of each batch per process'
+              .format(comm.size, args.communicator, per_rank))
     print('# epoch: {}'.format(args.epoch))
 
     # Check what to resume from, and what --save would replace, before anything is
     # loaded or written
     settings = snapshots.run_settings(args)
-    check_save_target(args.save)
-    resume = find_resume_snapshot(args, settings)
+    resume = None
+    if writer:
+        check_save_target(args.save)
+        resume = find_resume_snapshot(args, settings)
+    resume = distributed.bcast(resume, comm)
 
     # Load the data: the digits of the source data set, then the protocol's sets
     spec = protocols.protocol(args.dataset)
@@ -244,7 +269,8 @@ def train(argv=None):
     train, heldout = split_heldout(train, args)
     data = protocols.make_data(args.dataset, train, heldout, test, n_test=args.n_test,
                                max_shift=args.max_shift,
-                               shift_per_image=args.shift_per_image, seed=args.seed)
+                               shift_per_image=args.shift_per_image, seed=args.seed,
+                               part=(comm.rank, comm.size) if comm else (0, 1))
     print('# dataset: {}'.format(protocols.describe(args.dataset, data)))
 
     # Set up a model
@@ -263,6 +289,8 @@ def train(argv=None):
             'test_images': len(data.test), 'provenance': provenance(device)}
     if data.test_set:
         meta['test_set'] = data.test_set
+    if comm is not None:
+        meta['processes'] = comm.size
     trainer = capsnet_training.build_trainer(
         model, data.train, data.test, device, data.converter, batchsize=args.batchsize,
         epoch=args.epoch,
@@ -270,10 +298,10 @@ def train(argv=None):
         min_alpha=args.min_alpha, seed=args.seed, out=args.out, save=args.save,
         keep=args.keep, test_batchsize=args.test_batchsize,
         snapshot_every=args.snapshot_every, settings=settings, meta=meta,
-        heldout=data.heldout, pairs=spec.pairs)
+        heldout=data.heldout, pairs=spec.pairs, comm=comm)
     print('# model selection: {}'.format(capsnet_training.selection_rule(
         args.validation)[1]))
-    if args.vis_every:
+    if args.vis_every and writer:
         if not args.reconstruct:
             print('warning: --vis-every without --reconstruct: the decoder is not trained, '
                   'so the reconstruction figures will show noise', file=sys.stderr)
@@ -281,13 +309,36 @@ def train(argv=None):
             model, data.test, trigger=(args.vis_every, 'epoch')))
     if resume:
         print('Resuming from {}'.format(resume))
-        snapshots.load_snapshot(resume, trainer)
+        if comm is None:
+            snapshots.load_snapshot(resume, trainer)
+        else:
+            distributed.load_snapshot(resume, trainer, comm, snapshots.load_snapshot)
         if trainer.updater.epoch_detail >= args.epoch:
             print('{} is already at epoch {:g} of --epoch {}: nothing to do'.format(
                 resume, trainer.updater.epoch_detail, args.epoch))
             return
 
-    # From here on, files are written
+    # From here on, files are written (under MPI, by rank 0 only)
+    lock = open_output(args) if writer else None
+    try:
+        # Run the training
+        try:
+            trainer.run(show_loop_exception_msg=args.debug)
+        except NonFiniteError as e:
+            last = snapshots.latest_snapshot(args.out)
+            raise cli.CLIError('{}; training stopped. The last good snapshot is {}'.format(
+                e, last or 'none (none was written yet)')) from e
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def open_output(args):
+    """Locks --out for this run, removes what interrupted writes left, writes args.json.
+
+    Returns:
+        filelock.FileLock: The acquired lock; release it when the run ends.
+    """
     os.makedirs(args.out, exist_ok=True)
     lock = filelock.FileLock(os.path.join(args.out, '.train.lock'))
     try:
@@ -304,20 +355,16 @@ def train(argv=None):
             snapshots.remove_stale_temp_files(save_dir, os.path.basename(args.save))
         write_atomic(os.path.join(args.out, 'args.json'),
                      lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
-
-        # Run the training
-        try:
-            trainer.run(show_loop_exception_msg=args.debug)
-        except NonFiniteError as e:
-            last = snapshots.latest_snapshot(args.out)
-            raise cli.CLIError('{}; training stopped. The last good snapshot is {}'.format(
-                e, last or 'none (none was written yet)')) from e
-    finally:
+    except BaseException:
         lock.release()
+        raise
+    return lock
 
 
 def main(argv=None):
-    sys.exit(cli.run(train, argv))
+    code = cli.run(train, argv)
+    distributed.abort_on_failure(code)  # under MPI: end the other ranks too
+    sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -184,13 +184,22 @@ class RandomPlacement(chainer.dataset.Converter):
     Args:
         size (int): Canvas side.
         seed (int): Seed of the converter's random state.
+        part (tuple of int): ``(i, n)``: each batch is part ``i`` of ``n`` equal,
+            contiguous parts of a global batch (data-parallel training, see
+            :mod:`capsnet_chainer.distributed`): the positions are drawn for the whole
+            global batch and part ``i`` of them used, so that ``n`` converters seeded
+            alike place as one converter of the global batch does.
     """
 
-    def __init__(self, size=CANVAS, seed=None):
+    def __init__(self, size=CANVAS, seed=None, part=(0, 1)):
         size = operator.index(size)
         if size < 1:
             raise ValueError('size must be >= 1, got {}'.format(size))
+        index, n_part = (operator.index(p) for p in part)
+        if not 0 <= index < n_part:
+            raise ValueError('part must be (i, n) with 0 <= i < n, got {}'.format(part))
         self.size = size
+        self.part = (index, n_part)
         self.random_state = numpy.random.RandomState(seed)
 
     def __call__(self, batch, device=None):
@@ -210,8 +219,10 @@ class RandomPlacement(chainer.dataset.Converter):
         if H > self.size or W > self.size:
             raise ValueError('images of {}x{} do not fit a canvas of {}'.format(
                 H, W, self.size))
+        index, n_part = self.part
         offsets = self.random_state.randint(
-            0, [self.size - H + 1, self.size - W + 1], size=(B, 2))
+            0, [self.size - H + 1, self.size - W + 1], size=(B * n_part, 2))
+        offsets = offsets[index * B:(index + 1) * B]
         x = place(x, offsets[:, 0], offsets[:, 1], self.size)
         return tuple(chainer.dataset.to_device(device, a) for a in (x,) + tuple(rest))
 

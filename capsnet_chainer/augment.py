@@ -49,14 +49,24 @@ class RandomShift(chainer.dataset.Converter):
         per_image (bool): Draw one shift per image. ``False`` draws one ``(dy, dx)`` for
             the whole batch.
         seed (int): Seed of the converter's own :class:`numpy.random.RandomState`.
+        part (tuple of int): ``(i, n)``: each batch is part ``i`` of ``n`` equal,
+            contiguous parts of a global batch (data-parallel training, see
+            :mod:`capsnet_chainer.distributed`). Per-image shifts are then drawn for
+            the whole global batch and part ``i`` of them applied, so that ``n``
+            converters seeded alike shift as one converter of the global batch does.
+            One shift per batch needs nothing: every part draws the same.
     """
 
-    def __init__(self, max_shift=2, per_image=False, seed=None):
+    def __init__(self, max_shift=2, per_image=False, seed=None, part=(0, 1)):
         max_shift = operator.index(max_shift)
         if max_shift < 0:
             raise ValueError('max_shift must be >= 0, got {}'.format(max_shift))
+        index, n_part = (operator.index(p) for p in part)
+        if not 0 <= index < n_part:
+            raise ValueError('part must be (i, n) with 0 <= i < n, got {}'.format(part))
         self.max_shift = max_shift
         self.per_image = per_image
+        self.part = (index, n_part)
         self.random_state = numpy.random.RandomState(seed)
 
     def __call__(self, batch, device=None):
@@ -82,7 +92,9 @@ class RandomShift(chainer.dataset.Converter):
             dy, dx = self.random_state.randint(-m, m + 1, size=2)
             return shift_images(x, int(dy), int(dx))
         xp = chainer.backend.get_array_module(x)
-        shifts = self.random_state.randint(-m, m + 1, size=(len(x), 2))
+        index, n_part = self.part
+        shifts = self.random_state.randint(-m, m + 1, size=(len(x) * n_part, 2))
+        shifts = shifts[index * len(x):(index + 1) * len(x)]
         y = xp.empty_like(x)
         for dy, dx in numpy.unique(shifts, axis=0):
             index = numpy.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))

@@ -87,7 +87,7 @@ def _pairs(digits, n, seed, max_shift):
 
 
 def make_data(name, train, heldout, test, n_test=None, max_shift=None,
-              shift_per_image=False, seed=0):
+              shift_per_image=False, seed=0, part=(0, 1)):
     """The sets of a training run of protocol ``name``.
 
     Args:
@@ -100,6 +100,10 @@ def make_data(name, train, heldout, test, n_test=None, max_shift=None,
         shift_per_image (bool): One shift per image rather than per batch (single
             digits only; MultiMNIST always shifts each digit on its own).
         seed (int): Seed of the augmentation or of the training pairs.
+        part (tuple of int): ``(rank, processes)`` in data-parallel training: the
+            converter augments this rank's part of each global batch as one process
+            would (:mod:`capsnet_chainer.distributed`). MultiMNIST's pairs are drawn
+            per process, so it takes one process only.
 
     Returns:
         Data: The training, held-out and test sets, the converter, and ``test_set``.
@@ -114,10 +118,13 @@ def make_data(name, train, heldout, test, n_test=None, max_shift=None,
         if heldout is not None:
             heldout = make_test_set(name, heldout)
         return Data(train, heldout, make_test_set(name, test),
-                    affnist.RandomPlacement(spec.canvas, seed=seed), {})
+                    affnist.RandomPlacement(spec.canvas, seed=seed, part=part), {})
     if not spec.pairs:
-        converter = RandomShift(max_shift, per_image=shift_per_image, seed=seed)
+        converter = RandomShift(max_shift, per_image=shift_per_image, seed=seed, part=part)
         return Data(train, heldout, test, converter, {})
+    if part[1] > 1:
+        raise ValueError('MultiMNIST draws its pairs in one process; data-parallel '
+                         'training of it is not supported yet')
     if shift_per_image:
         raise ValueError('shift_per_image applies to single digits; MultiMNIST shifts '
                          'each digit of a pair on its own')

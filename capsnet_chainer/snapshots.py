@@ -40,7 +40,11 @@ _TEMP_NAME = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
 BOOKKEEPING_FLAGS = ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')
 #: ``train.py`` flags that may change when a run is resumed: where, how long and how
 #: often it runs, not what it computes. Every other flag must match the snapshot.
-RESUMABLE_CHANGES = ('epoch', 'gpu', 'device', 'out', 'save', 'data_dir') + BOOKKEEPING_FLAGS
+#: ``communicator`` among them: N processes with the same global batch train what one
+#: process trains (:mod:`capsnet_chainer.distributed`), so a snapshot resumes under any
+#: number of processes that divides the batch.
+RESUMABLE_CHANGES = ('epoch', 'gpu', 'device', 'out', 'save', 'data_dir',
+                     'communicator') + BOOKKEEPING_FLAGS
 
 
 class SnapshotError(ModelFileError):

@@ -22,6 +22,7 @@ from chainer import training
 from chainer.iterators import SerialIterator
 from chainer.training import extensions
 
+from capsnet_chainer import distributed
 from capsnet_chainer.fileio import write_atomic
 from capsnet_chainer.modelfile import save_model
 from capsnet_chainer.nonfinite import finite_loss
@@ -69,7 +70,7 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
         super().serialize(serializer)
         if hasattr(self.converter, 'serialize'):
             self.converter.serialize(serializer['converter'])
-        dataset = self.get_iterator('main').dataset
+        dataset = getattr(self.get_iterator('main'), 'dataset', None)
         if hasattr(dataset, 'serialize'):
             dataset.serialize(serializer['dataset'])
         serialize_random_state(serializer['numpy_random'], numpy.random)
@@ -235,7 +236,7 @@ def selection_rule(n_heldout=0):
 def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch=500,
                   alpha=1e-3, decay=0.95, decay_every=0, min_alpha=1e-5, seed=789,
                   out='result', save=None, keep=1, test_batchsize=100, snapshot_every=0,
-                  settings=None, meta=None, heldout=None, pairs=False):
+                  settings=None, meta=None, heldout=None, pairs=False, comm=None):
     """Assembles the :class:`~chainer.training.Trainer` the way Chainer's examples do.
 
     The defaults are those of ``train.py``.
@@ -266,6 +267,11 @@ def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch
             best model; the test set is then scored for the report only.
         pairs (bool): The examples are MultiMNIST pairs: the log and the plots also
             show ``accuracy/one`` (at least one of the two digits right).
+        comm: A ChainerMN communicator to train data-parallel over MPI, or ``None``
+            (one process). ``batchsize`` is then the global batch; each rank trains on
+            its slice of every batch and evaluates its part of ``test`` and
+            ``heldout``, and only rank 0 logs, plots and writes files (see
+            :mod:`capsnet_chainer.distributed`).
     """
     # Triggers
     epoch_trigger = (1, 'epoch')
@@ -273,10 +279,20 @@ def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch
 
     # Set up an optimizer
     optimizer = chainer.optimizers.Adam(alpha=alpha)
-    optimizer.setup(model)
+    if comm is None:
+        optimizer.setup(model)
+    else:
+        optimizer = distributed.create_multi_node_optimizer(optimizer, model, comm)
 
-    # Iterators
-    train_iter = SeededShuffleIterator(train, batchsize, seed)
+    # Iterators (under MPI, each rank's slice of every global batch, and its part of
+    # the test set)
+    if comm is None:
+        train_iter = SeededShuffleIterator(train, batchsize, seed)
+    else:
+        train_iter = distributed.ScatteredBatchIterator(
+            train, batchsize, seed, comm.rank, comm.size)
+    n_test = len(test)
+    test = distributed.shard(test, comm)
     test_iter = SerialIterator(test, test_batchsize, repeat=False, shuffle=False)
 
     # Set up a trainer
@@ -284,20 +300,27 @@ def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch
         train_iter, optimizer, converter=converter, device=device)
     trainer = training.Trainer(updater, EpochLimit(epoch), out=out)
 
-    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
-    # The Evaluator averages batch means: a count of correct answers follows from it
-    # only when all batches have one size.
-    sizes = {TEST_ACCURACY: len(test)}
+    trainer.extend(distributed.evaluator(test_iter, model, device, comm))
+    # The Evaluator averages batch means (and the multi-node one the ranks' means): a
+    # count of correct answers follows from it only when all batches have one size.
+    sizes = {TEST_ACCURACY: n_test}
+    n_heldout = len(heldout) if heldout is not None else 0
     if heldout is not None:
-        heldout_iter = SerialIterator(heldout, test_batchsize, repeat=False, shuffle=False)
-        trainer.extend(extensions.Evaluator(heldout_iter, model, device=device),
+        heldout_iter = SerialIterator(distributed.shard(heldout, comm), test_batchsize,
+                                      repeat=False, shuffle=False)
+        trainer.extend(distributed.evaluator(heldout_iter, model, device, comm),
                        name='heldout')
-        sizes[HELDOUT_ACCURACY] = len(heldout)
-    bs = test_batchsize
-    sizes = {k: n if n % bs == 0 or n < bs else None for k, n in sizes.items()}
+        sizes[HELDOUT_ACCURACY] = n_heldout
+    bs, n_rank = test_batchsize, comm.size if comm is not None else 1
+    sizes = {k: n if n % n_rank == 0 and (n // n_rank % bs == 0 or n // n_rank < bs)
+             else None for k, n in sizes.items()}
     trainer.extend(extensions.ExponentialShift('alpha', decay, target=min_alpha),
                    trigger=decay_trigger)
-    key, rule = selection_rule(len(heldout) if heldout is not None else 0)
+    if comm is not None:
+        trainer.extend(distributed.MeanObservations(comm))
+        if comm.rank != 0:
+            return trainer  # rank 0 alone logs, plots and writes
+    key, rule = selection_rule(n_heldout)
     meta = dict(meta or {}, selection={'key': key, 'rule': rule})
     trainer.extend(BestModelSaver(model, save, key=key, meta=meta, sizes=sizes))
     trainer.extend(Snapshot(snapshot_every, keep, settings))

@@ -45,3 +45,11 @@ def test_affnist_extra_pins_the_scipy_that_the_reader_names():
     extras = _pyproject()['project']['optional-dependencies']
     assert extras['affnist'] == [SCIPY_REQUIREMENT]
     assert _pins(extras['affnist'])['scipy']  # pinned with ==
+
+
+def test_mpi_extra_pins_mpi4py_and_an_mpi():
+    from capsnet_chainer.distributed import INSTALL_LINE
+    mpi = _pins(_pyproject()['project']['optional-dependencies']['mpi'])
+    assert set(mpi) == {'mpi4py', 'mpich'}
+    assert all(mpi.values()), 'pinned with =='
+    assert "'.[mpi]'" in INSTALL_LINE
