@@ -420,3 +420,21 @@ def test_eval_sets_with_affnist_read_the_official_files(tmp_path):
     assert len(official) == 4
     numpy.testing.assert_array_equal(official._datasets[0][:, 0],
                                      scaled(images[:4]))
+
+
+def test_random_placement_parts_place_as_one_converter():
+    """Two converters seeded alike, each with its half of a global batch (data-parallel
+    training), place the digits exactly as one converter of the whole batch."""
+    rng = numpy.random.RandomState(8)
+    batch = [(rng.uniform(0, 1, (1, 28, 28)).astype(numpy.float32), numpy.int32(k))
+             for k in range(8)]
+    whole = affnist.RandomPlacement(seed=3)
+    parts = [affnist.RandomPlacement(seed=3, part=(i, 2)) for i in range(2)]
+    for _ in range(3):
+        x, t = whole(batch)
+        x0, t0 = parts[0](batch[:4])
+        x1, t1 = parts[1](batch[4:])
+        numpy.testing.assert_array_equal(numpy.concatenate([x0, x1]), x)
+        numpy.testing.assert_array_equal(numpy.concatenate([t0, t1]), t)
+    with pytest.raises(ValueError, match='part'):
+        affnist.RandomPlacement(part=(2, 2))

@@ -273,3 +273,10 @@ def test_train_and_analyze_affnist(mnist_dir, tmp_path):
     # ... and a shift for this protocol is refused
     proc = run_train(['--dataset', 'affnist', '--max-shift', '2'], tmp_path)
     assert proc.returncode == 2 and 'places each digit at random' in proc.stderr
+
+
+def test_multimnist_is_refused_under_mpi(tmp_path):
+    proc = run_train(['--dataset', 'multimnist', '--communicator', 'naive'], tmp_path)
+    assert proc.returncode == 2 and 'draws its training pairs in one process' in proc.stderr
+    with pytest.raises(ValueError, match='not supported yet'):
+        protocols.make_data('multimnist', digits(20), None, digits(20, 1), part=(0, 2))
