@@ -49,9 +49,9 @@ def pair_run(tmp_path_factory, mnist_dir):
     return folder, tiny_run(folder, mnist_dir, '--dataset', 'multimnist')
 
 
-def analyzed(folder, mnist_dir, out):
+def analyzed(folder, mnist_dir, out, *flags):
     proc = run_analyze(['--load', str(folder / 'best'), '--data-dir', mnist_dir,
-                        '-o', str(out)], out.parent)
+                        '-o', str(out)] + list(flags), out.parent)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     with open(str(out / 'metrics.json')) as f:
         return proc.stdout, json.load(f)
@@ -76,7 +76,7 @@ def test_train_mnist_records_the_model(mnist_run):
 
 def test_analyze_mnist_reproduces_the_recorded_accuracy(mnist_run, mnist_dir, tmp_path):
     folder, _ = mnist_run
-    stdout, results = analyzed(folder, mnist_dir, tmp_path / 'an')
+    stdout, results = analyzed(folder, mnist_dir, tmp_path / 'an', '--n-test', '16')
     _, meta = load_model(str(folder / 'best'))
     assert results['n_test'] == 16
     assert results['n_correct'] == meta['validation/main/accuracy_correct']
