@@ -17,6 +17,10 @@ A MultiMNIST model gets the paper's Figure 5 instead: ``multimnist.png`` (the fi
 test pairs), ``multimnist_right.png`` and ``multimnist_wrong.png``, each pair beside its
 two reconstructions overlaid in red and green; ``metrics.json`` gives the accuracy
 (both digits right) and the accuracy of at least one digit.
+
+The baseline CNN (``train.py --model cnn``) has no capsules and no decoder: it gets
+``metrics.json``, ``confusion.png`` and ``misclassified.png`` (the inputs alone, titled
+with the true and the predicted digit and the logit), and no ``vis*.png`` nor Figure 5.
 """
 
 import argparse
@@ -45,6 +49,7 @@ from capsnet_chainer.cli import positive_int  # noqa: E402
 from capsnet_chainer.mnist import DATASETS  # noqa: E402
 from capsnet_chainer.mnist import get_dataset  # noqa: E402
 from capsnet_chainer.modelfile import load_model  # noqa: E402
+from capsnet_chainer.modelfile import model_kind  # noqa: E402
 from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
 from capsnet_chainer.fileio import file_sha256  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
@@ -155,7 +160,11 @@ def analyze(argv=None):
         print('# chosen by: {}'.format(meta['selection']['rule']))
     if meta.get('note'):
         print('# note: {}'.format(meta['note']))
-    if not model.reconstruct:
+    capsules = model_kind(model.config) == 'capsnet'
+    if not capsules:
+        print('# no capsule figures: the baseline CNN has no capsules and no decoder, so '
+              'no vis*.png, Figure 5 or reconstructions; the metrics as for CapsNet')
+    elif not model.reconstruct:
         how = ('judging by its all-zero decoder biases' if meta.get('note')
                else 'says its configuration')
         print('warning: {} was trained without --reconstruct ({}): its decoder is '
@@ -193,11 +202,13 @@ def analyze(argv=None):
                  lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
 
     evaluation = {'dataset': dataset, 'augmentation': 'none', 'batchsize': args.batchsize,
-                  'data_dir': args.data_dir, 'device': str(device)}
+                  'data_dir': args.data_dir, 'device': str(device),
+                  'scores': model.score_name + 's'}
     if spec.pairs:
-        results = analyze_pairs(model, arrays, n_test, test_set, args, evaluation)
+        results = analyze_pairs(model, arrays, n_test, test_set, args, evaluation,
+                                capsules)
     else:
-        results = analyze_digits(model, arrays, n_test, spec, args, evaluation)
+        results = analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules)
     if dataset == 'affnist':
         results['transformed'] = score_transformed(model, digits, args)
     elif args.affnist_dir or args.n_transformed:
@@ -236,18 +247,20 @@ def save(fig_or_ax, path):
     print('wrote {}'.format(path))
 
 
-def analyze_digits(model, arrays, n_test, spec, args, evaluation):
-    """Sample figures, the score, the confusion matrix and the worst mistakes."""
+def analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules=True):
+    """Sample figures (``capsules``), the score, the confusion matrix and the worst
+    mistakes (beside their reconstructions with ``capsules``)."""
     x, t = arrays
     # Figures of the first two test images of each digit
-    tic = time.time()
-    index = figures.select_samples(t, 2, model.config['n_class'])
-    steps, layout = figures.PERTURBATIONS[args.perturbation]
-    written = figures.write_sample_figures(model, x[index], t[index], args.out, steps,
-                                           layout)
-    for path in written:
-        print('wrote {}'.format(path))
-    print('# sample figures: {:.1f} s'.format(time.time() - tic))
+    if capsules:
+        tic = time.time()
+        index = figures.select_samples(t, 2, model.config['n_class'])
+        steps, layout = figures.PERTURBATIONS[args.perturbation]
+        written = figures.write_sample_figures(model, x[index], t[index], args.out, steps,
+                                               layout)
+        for path in written:
+            print('wrote {}'.format(path))
+        print('# sample figures: {:.1f} s'.format(time.time() - tic))
 
     # Score the test set, no augmentation
     tic = time.time()
@@ -268,7 +281,8 @@ def analyze_digits(model, arrays, n_test, spec, args, evaluation):
     })
     save(figures.plot_confusion(results['confusion_matrix']),
          os.path.join(args.out, 'confusion.png'))
-    save(figures.plot_misclassified(model, x[:n_test], t, scores, errors),
+    save(figures.plot_misclassified(model, x[:n_test], t, scores, errors,
+                                    reconstructions=capsules),
          os.path.join(args.out, 'misclassified.png'))
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
     title = affnist.EXPANDED_TITLE if spec.canvas else spec.title
@@ -310,8 +324,8 @@ def score_transformed(model, digits, args):
     return result
 
 
-def analyze_pairs(model, arrays, n_test, test_set, args, evaluation):
-    """MultiMNIST: the pair accuracies and the paper's Figure 5."""
+def analyze_pairs(model, arrays, n_test, test_set, args, evaluation, capsules=True):
+    """MultiMNIST: the pair accuracies and (``capsules``) the paper's Figure 5."""
     x, t2 = arrays[0][:n_test], arrays[1][:n_test]
     tic = time.time()
     scores = metrics.score(model, x, args.batchsize,
@@ -323,8 +337,9 @@ def analyze_pairs(model, arrays, n_test, test_set, args, evaluation):
              'multimnist_right.png': (numpy.flatnonzero(right)[:k], 'right: both digits'),
              'multimnist_wrong.png': (numpy.flatnonzero(~right)[:k], 'wrong')}
     for name, (index, title) in shown.items():
-        save(pair_figures.plot_pairs(model, x[index], t2[index], title=title),
-             os.path.join(args.out, name))
+        if capsules:
+            save(pair_figures.plot_pairs(model, x[index], t2[index], title=title),
+                 os.path.join(args.out, name))
     evaluation.update(images='the first {} of {} MultiMNIST test pairs (seed {}, shifts up '
                              'to {} px)'.format(n_test, test_set['pairs'], test_set['seed'],
                                                 test_set['max_shift']),

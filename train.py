@@ -3,6 +3,7 @@
 
     python train.py -g 0 --save saved_model --reconstruct
     python train.py -g 0 --dataset multimnist --unshared --save saved_model --reconstruct
+    python train.py -g 0 --model cnn --save cnn_model     # the paper's baseline CNN
     mpiexec -n 4 python train.py -g 0 --communicator pure_nccl ...   # 4 GPUs (ChainerMN)
 
 Every default is the reference implementation's behaviour; the flags under "paper
@@ -26,6 +27,7 @@ from capsnet_chainer import distributed  # noqa: E402
 from capsnet_chainer import protocols  # noqa: E402
 from capsnet_chainer import snapshots  # noqa: E402
 from capsnet_chainer import training as capsnet_training  # noqa: E402
+from capsnet_chainer.baseline_cnn import BaselineCNN  # noqa: E402
 from capsnet_chainer.cli import finite_float  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
@@ -40,16 +42,26 @@ from capsnet_chainer.provenance import provenance  # noqa: E402
 from capsnet_chainer.random_state import set_random_seed  # noqa: E402
 
 
+#: The flags that configure CapsNet; ``--model cnn`` refuses them unless at their default.
+CAPSNET_FLAGS = ('reconstruct', 'recon_weight', 'leaky_slope', 'n_iteration', 'unshared',
+                 'squash_primary', 'routing_grad', 'mask_test')
+
+
 def parse_args(argv=None):
     parser = cli.ArgumentParser(
-        description='CapsNet (Sabour et al., NIPS 2017) on MNIST, Fashion-MNIST or '
-                    'MultiMNIST, in Chainer',
+        description='CapsNet (Sabour et al., NIPS 2017), or the paper\'s baseline CNN, on '
+                    'MNIST, Fashion-MNIST or MultiMNIST, in Chainer',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--dataset', choices=tuple(protocols.PROTOCOLS), default='mnist',
                         help='the data set to train and test on (see --data-dir; '
                              'multimnist: pairs of overlaid MNIST digits, 36x36; affnist: '
                              'MNIST placed at random on 40x40, tested on the centred '
                              'digits, and by analyze.py on affNIST)')
+    parser.add_argument('--model', choices=('capsnet', 'cnn'), default='capsnet',
+                        help='the network: CapsNet, or the paper\'s baseline CNN (Sec. 5: '
+                             'three 5x5 convolutions of 256, 256 and 128 channels, fully '
+                             'connected 328 and 192, dropout, 10-way output; trained with '
+                             'the same Adam schedule)')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=256)
     parser.add_argument('--decay', '-d', type=finite_float, default=0.95,
                         help='learning-rate decay factor per epoch (or per --decay-every)')
@@ -132,6 +144,14 @@ def parse_args(argv=None):
         parser.error('--min-alpha must be >= 0, got {}'.format(args.min_alpha))
     if args.recon_weight < 0:
         parser.error('--recon-weight must be >= 0, got {}'.format(args.recon_weight))
+    if args.model != 'capsnet':
+        for name in CAPSNET_FLAGS:
+            if getattr(args, name) != parser.get_default(name):
+                parser.error('--{} configures CapsNet; --model {} has no use for it'
+                             .format(name.replace('_', '-'), args.model))
+        if args.vis_every:
+            parser.error('--vis-every draws reconstructions, and --model {} has no decoder'
+                         .format(args.model))
     spec = protocols.protocol(args.dataset)
     if spec.max_shift is None and (args.max_shift is not None or args.shift_per_image):
         parser.error('--{}: --dataset {} places each digit at random on the {}x{} canvas '
@@ -160,6 +180,8 @@ def parse_args(argv=None):
 
 
 def build_model(args, in_shape=(1, 28, 28)):
+    if args.model == 'cnn':
+        return BaselineCNN(in_shape=tuple(in_shape))
     return CapsNet(in_shape=tuple(in_shape), reconstruct=args.reconstruct,
                    leaky_slope=args.leaky_slope, n_iteration=args.n_iteration,
                    shared_weights=not args.unshared, squash_primary=args.squash_primary,
@@ -283,7 +305,7 @@ def train(argv=None):
     # Set up a trainer
     run_args = {k: v for k, v in vars(args).items()
                 if k not in snapshots.BOOKKEEPING_FLAGS}
-    meta = {'train_args': run_args, 'dataset': args.dataset,
+    meta = {'train_args': run_args, 'dataset': args.dataset, 'model': args.model,
             'train_images': len(data.train),
             'heldout_images': len(data.heldout) if data.heldout is not None else 0,
             'test_images': len(data.test), 'provenance': provenance(device)}

@@ -297,27 +297,35 @@ def misclassified_tiles(model, x, t, scores, index):
     return numpy.stack((_images(xs), decode(model, v, pred), decode(model, v, ts)))
 
 
-def plot_misclassified(model, x, t, scores, index, ax=None):
+def plot_misclassified(model, x, t, scores, index, ax=None, reconstructions=True):
     """The given misclassified examples beside their two reconstructions.
 
     Columns are examples; rows: the input (green), the reconstruction as the predicted
     digit, then as the true digit (blue). Each column is titled with the true digit,
-    the prediction and its score (capsule length).
+    the prediction and its score (capsule length; a logit for the baseline CNN).
+
+    Args:
+        reconstructions (bool): Draw the two reconstruction rows; ``False`` (a network
+            without a decoder) draws the inputs alone. ``model`` is then not used.
 
     Returns:
         ~matplotlib.axes.Axes: ``ax``.
     """
     index = numpy.asarray(index, numpy.int64)
     title_inches = 0.45
+    n_row = 3 if reconstructions else 1
     if ax is None:
-        ax = new_axes(3, max(len(index), 4), extra_top=title_inches)
+        ax = new_axes(n_row, max(len(index), 4), extra_top=title_inches)
     if len(index) == 0:
         ax.set_axis_off()
         ax.text(0.5, 0.5, 'no misclassified test images', ha='center', va='center',
                 transform=ax.transAxes)
         return ax
-    tiles = misclassified_tiles(model, x, t, scores, index)
-    draw_grid(tiles, [GIVEN_CMAP, RECON_CMAP, RECON_CMAP], ax=ax)
+    if reconstructions:
+        tiles = misclassified_tiles(model, x, t, scores, index)
+    else:
+        tiles = _images(numpy.asarray(to_cpu(x))[index])[None]  # (1, K, H, W)
+    draw_grid(tiles, [GIVEN_CMAP, RECON_CMAP, RECON_CMAP][:n_row], ax=ax)
     t = numpy.asarray(to_cpu(t))
     scores = numpy.asarray(scores)
     W = tiles.shape[3]

@@ -8,8 +8,6 @@ on the model's device, with the results gathered as NumPy arrays.
 import chainer
 import numpy
 
-from capsnet_chainer.functions import capsule_length
-
 #: Images per forward pass.
 BATCHSIZE = 100
 
@@ -81,10 +79,12 @@ def decode(model, v, labels, batchsize=BATCHSIZE):
 
 
 def score(model, x, batchsize=BATCHSIZE, progress=None):
-    """Class scores (capsule lengths) of images, with no augmentation.
+    """Class scores of images, with no augmentation: ``model.scores`` batch by batch
+    (a CapsNet's capsule lengths, the baseline CNN's logits).
 
     Args:
-        model (~capsnet_chainer.CapsNet): The network.
+        model (~capsnet_chainer.CapsNet or ~capsnet_chainer.baseline_cnn.BaselineCNN):
+            The network.
         x (array): Images ``(B, C, H, W)``.
         batchsize (int): Images per forward pass.
         progress (callable): Called as ``progress(done, total)`` after each batch.
@@ -92,8 +92,8 @@ def score(model, x, batchsize=BATCHSIZE, progress=None):
     Returns:
         numpy.ndarray: Scores ``(B, J)``, float32.
     """
-    return batched(model, lambda xb: capsule_length(model.digit_capsules(xb)), (x,),
-                   (model.config['n_class'],), batchsize, progress)
+    return batched(model, model.scores, (x,), (model.config['n_class'],), batchsize,
+                   progress)
 
 
 def confusion_matrix(t, pred, n_class=10):

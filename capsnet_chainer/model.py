@@ -54,6 +54,9 @@ class CapsNet(chainer.Chain):
         config (dict): The arguments that define the network, as model files store it.
     """
 
+    #: What :meth:`scores` returns, for reports.
+    score_name = 'capsule length'
+
     def __init__(self, reconstruct=False, leaky_slope=0.05, n_iteration=3,
                  shared_weights=True, squash_primary=False, grad_all_iterations=True,
                  mask_test='label', recon_weight=0.0005, n_class=10, in_shape=(1, 28, 28),
@@ -113,6 +116,11 @@ class CapsNet(chainer.Chain):
         h = self.conv1.forward_nhwc(F.transpose(x, (0, 2, 3, 1)),
                                     slope=self.config['leaky_slope'])  # (B, 20, 20, 256)
         return self.digits(self.primary(F.transpose(h, (0, 3, 1, 2))))
+
+    def scores(self, x):
+        """Class scores of a batch: the capsule lengths ``(B, J)`` (what
+        :func:`capsnet_chainer.metrics.score` computes, batch by batch)."""
+        return capsule_length(self.digit_capsules(x))
 
     def decode(self, v, labels):
         """Reconstructs ``(B, C, H, W)`` images from ``v`` masked by ``labels``."""

@@ -12,6 +12,7 @@ import zlib
 import chainer
 import numpy
 
+from capsnet_chainer.baseline_cnn import BaselineCNN
 from capsnet_chainer.fileio import write_atomic
 from capsnet_chainer.model import CapsNet
 from capsnet_chainer import reference
@@ -24,8 +25,40 @@ META_KEY = 'capsnet_chainer/meta'
 SNAPSHOT_MODEL_PATH = 'updater/model:main/'
 
 
+#: The networks a model file can hold, by ``config['model']``; a configuration without
+#: that key is a CapsNet's (every file written before the baseline CNN existed).
+MODELS = {'capsnet': CapsNet, 'cnn': BaselineCNN}
+#: The kind of a configuration without ``'model'``.
+DEFAULT_MODEL = 'capsnet'
+
+
 class ModelFileError(ValueError):
     """A model or snapshot file is missing, truncated, corrupt, or not one at all."""
+
+
+def model_kind(config):
+    """``'capsnet'`` or ``'cnn'``: the network a stored configuration describes."""
+    return config.get('model', DEFAULT_MODEL)
+
+
+def build_model(config):
+    """Builds the network of a stored configuration (``model.config``), untrained.
+
+    Raises:
+        ValueError: An unknown ``config['model']`` or arguments its class refuses.
+    """
+    if not isinstance(config, dict):
+        raise ValueError('the configuration is a JSON {}, not an object'.format(
+            type(config).__name__))
+    kind = model_kind(config)
+    if kind not in MODELS:
+        raise ValueError('unknown model {!r}; this version knows {}'.format(
+            kind, ', '.join(sorted(MODELS))))
+    args = {k: v for k, v in config.items() if k != 'model'}
+    try:
+        return MODELS[kind](**args)
+    except TypeError as e:  # an argument this version does not know
+        raise ValueError(str(e)) from None
 
 
 def save_model(model, path, meta=None):
@@ -189,7 +222,9 @@ def read_model_file(path):
 
 
 def load_model(path):
-    """Rebuilds the network stored at ``path``.
+    """Rebuilds the network stored at ``path``: a :class:`~capsnet_chainer.CapsNet` or,
+    when its configuration says ``'model': 'cnn'``, the baseline CNN
+    (:class:`~capsnet_chainer.baseline_cnn.BaselineCNN`).
 
     ``path`` may be a model written by :func:`save_model` (``train.py --save``), a
     trainer snapshot (``snapshot_*`` in ``train.py --out``), or a model saved by the
@@ -211,8 +246,8 @@ def load_model(path):
             'configuration and not the reference implementation\'s layout (its arrays: '
             '{}{})'.format(path, shown, ', ...' if len(info['names']) > 8 else ''))
     try:
-        model = CapsNet(**info['config'])
-    except (TypeError, ValueError) as e:
+        model = build_model(info['config'])
+    except ValueError as e:
         raise ModelFileError('{} holds a configuration this version cannot build ({})'
                              .format(path, e)) from None
     prefix = SNAPSHOT_MODEL_PATH if info['kind'] == 'snapshot' else ''

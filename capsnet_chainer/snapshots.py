@@ -195,7 +195,7 @@ def remove_stale_temp_files(folder, basename=None):
 
 #: Settings added after snapshots were first written: a snapshot that lacks one was
 #: taken with this value.
-SETTING_DEFAULTS = {'dataset': 'mnist'}
+SETTING_DEFAULTS = {'dataset': 'mnist', 'model': 'capsnet'}
 
 
 def run_settings(args):
