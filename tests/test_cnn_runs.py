@@ -147,8 +147,8 @@ def test_train_and_analyze_multimnist(pair_run, mnist_dir, tmp_path):
         log = json.load(f)
     assert 'validation/main/accuracy/one' in log[0]
     stdout, results = analyzed(folder, mnist_dir, tmp_path / 'an')
-    assert results['n'] == 16
-    assert results['correct'] == meta['validation/main/accuracy_correct']
+    assert results['n_test'] == 16
+    assert results['n_correct'] == meta['validation/main/accuracy_correct']
     assert results['accuracy_at_least_one'] == pytest.approx(
         log[0]['validation/main/accuracy/one'])
     assert '# no capsule figures' in stdout
