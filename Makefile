@@ -45,7 +45,7 @@ $(VENV)/.installed-mpi: $(VENV)/.installed
 	touch $@
 
 test: venv mpi $(VENV)/.installed-affnist
-	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu and not slow" --durations=15 $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/bench_cpu.py $(BENCH_ARGS)
