@@ -97,12 +97,17 @@ def quiet_cudnn_warning():
 
 #: CuPy's warning when NCCL cannot be loaded (see step 4 above).
 NCCL_WARNING = r'\s*nccl library could not be loaded'
+#: Chainer's warning when CuPy has no cuDNN (see step 3 above).
+CUDNN_WARNING = r'cuDNN is not enabled'
 
 
 def import_chainer():
-    """Imports ``chainer`` and ``chainer.training`` without CuPy's NCCL warning."""
+    """Imports ``chainer`` and ``chainer.training`` without CuPy's NCCL warning, nor
+    Chainer's missing-cuDNN warning, which the import itself gives on a machine with a
+    GPU (a CUDA check runs while ``chainer.training`` is imported)."""
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message=NCCL_WARNING, category=UserWarning)
+        warnings.filterwarnings('ignore', message=CUDNN_WARNING, category=UserWarning)
         import chainer
         import chainer.training  # noqa: F401  (imports cupy.cuda.nccl where CuPy is)
     return chainer
