@@ -162,13 +162,14 @@ class CapsNet(chainer.Chain):
         """The MultiMNIST loss (Sec. 6 of the paper): reports ``accuracy`` (both digits
         are the two longest capsules) and ``accuracy/one`` (at least one is)."""
         v = self.digit_capsules(x)  # (B, J, D)
+        lengths = capsule_length(v)  # (B, J)
         # Each digit is reconstructed from its own label's capsule, at test time too
         # (with either mask_test: which predicted capsule goes with which digit is
         # not defined).
         loss, report = multimnist.two_digit_loss(
             v, t2, digits, self.decode if self.reconstruct else None,
-            self.config['recon_weight'])
-        hits = multimnist.pair_hits(capsule_length(v).array, t2)  # (B, 2)
+            self.config['recon_weight'], lengths=lengths)
+        hits = multimnist.pair_hits(lengths.array, t2)  # (B, 2)
         xp = chainer.backend.get_array_module(hits)
         report.update(loss=loss, accuracy=xp.mean(hits.all(axis=1), dtype=numpy.float32),
                       **{'accuracy/one': xp.mean(hits.any(axis=1), dtype=numpy.float32)})

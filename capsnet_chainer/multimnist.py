@@ -318,7 +318,8 @@ def two_digit_reconstruction_loss(x_rec, digits):
     return F.sum(F.squared_difference(x_rec, digits)) / x_rec.shape[0]
 
 
-def two_digit_loss(v, labels2, digits=None, decode=None, recon_weight=0.0005):
+def two_digit_loss(v, labels2, digits=None, decode=None, recon_weight=0.0005,
+                   lengths=None):
     """The MultiMNIST training loss: two-digit margin loss plus, with ``decode``, the
     weighted reconstruction loss of both digits.
 
@@ -328,12 +329,16 @@ def two_digit_loss(v, labels2, digits=None, decode=None, recon_weight=0.0005):
         digits (array): The single digits ``(B, 2, C, H, W)``; needed with ``decode``.
         decode (callable or None): ``decode(v, labels)``, see :func:`reconstruct_both`.
         recon_weight (float): Weight of the reconstruction loss.
+        lengths (~chainer.Variable): ``capsule_length(v)`` ``(B, J)`` where the caller
+            has it already (``None``: computed here).
 
     Returns:
         tuple: ``(loss, parts)``: the scalar loss and a dict for :func:`chainer.report`
         with ``loss/margin`` and, with ``decode``, ``loss/recon`` (weighted).
     """
-    loss = two_digit_margin_loss(capsule_length(v), labels2)
+    if lengths is None:
+        lengths = capsule_length(v)
+    loss = two_digit_margin_loss(lengths, labels2)
     parts = {'loss/margin': loss}
     if decode is not None:
         if digits is None:
