@@ -72,6 +72,7 @@ import chainer
 import numpy
 
 from capsnet_chainer.idx import DatasetError
+from capsnet_chainer.random_state import check_part
 from capsnet_chainer.random_state import serialize_random_state
 
 #: Canvas side of the paper's padded MNIST and of affNIST.
@@ -195,9 +196,7 @@ class RandomPlacement(chainer.dataset.Converter):
         size = operator.index(size)
         if size < 1:
             raise ValueError('size must be >= 1, got {}'.format(size))
-        index, n_part = (operator.index(p) for p in part)
-        if not 0 <= index < n_part:
-            raise ValueError('part must be (i, n) with 0 <= i < n, got {}'.format(part))
+        index, n_part = check_part(part)
         self.size = size
         self.part = (index, n_part)
         self.random_state = numpy.random.RandomState(seed)

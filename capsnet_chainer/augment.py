@@ -5,6 +5,7 @@ import operator
 import chainer
 import numpy
 
+from capsnet_chainer.random_state import check_part
 from capsnet_chainer.random_state import serialize_random_state
 
 
@@ -61,9 +62,7 @@ class RandomShift(chainer.dataset.Converter):
         max_shift = operator.index(max_shift)
         if max_shift < 0:
             raise ValueError('max_shift must be >= 0, got {}'.format(max_shift))
-        index, n_part = (operator.index(p) for p in part)
-        if not 0 <= index < n_part:
-            raise ValueError('part must be (i, n) with 0 <= i < n, got {}'.format(part))
+        index, n_part = check_part(part)
         self.max_shift = max_shift
         self.per_image = per_image
         self.part = (index, n_part)

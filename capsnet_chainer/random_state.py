@@ -1,6 +1,7 @@
 """Random states: seeding, and every generator's state in snapshots, so that a resumed
 run draws the same."""
 
+import operator
 import random
 
 import numpy
@@ -57,3 +58,12 @@ class SeededShuffleIterator(SerialIterator):
     def serialize(self, serializer):
         super().serialize(serializer)
         serialize_random_state(serializer['rng'], self._rng)
+
+
+def check_part(part):
+    """``part`` ``(i, n)`` of a global batch (data-parallel training) as two ints, or
+    ``ValueError``: part ``i`` of ``n`` equal, contiguous parts, ``0 <= i < n``."""
+    index, n_part = (operator.index(p) for p in part)
+    if not 0 <= index < n_part:
+        raise ValueError('part must be (i, n) with 0 <= i < n, got {}'.format(part))
+    return index, n_part
