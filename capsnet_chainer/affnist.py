@@ -608,8 +608,9 @@ def make_affine_test_set(images, labels, n=None, seed=0, size=CANVAS):
 # The evaluation sets of a run
 
 
-def _arrays(dataset):
-    """``(images, labels)`` of a ``TupleDataset`` or a pair of arrays."""
+def dataset_arrays(dataset):
+    """``(images, labels)`` of a ``TupleDataset``, a pair of arrays or any dataset of
+    ``(x, t, ...)`` examples, as NumPy arrays (a ``TupleDataset``'s own, not copies)."""
     if isinstance(dataset, chainer.datasets.TupleDataset):
         images, labels = dataset._datasets[:2]
     elif isinstance(dataset, (tuple, list)) and len(dataset) == 2:
@@ -642,7 +643,7 @@ def get_affnist_eval(mnist_test, affnist_dir=None, n=None, seed=0, size=CANVAS):
         :data:`STANDIN_KEY` (``'affine_standin'``, :data:`STANDIN_TITLE`). Report each
         accuracy under its key, so that a result never calls the stand-in affNIST.
     """
-    images, labels = _arrays(mnist_test)
+    images, labels = dataset_arrays(mnist_test)
     out = collections.OrderedDict()
     out[EXPANDED_KEY] = (chainer.datasets.TupleDataset(
         expand(images, size), labels.astype(numpy.int32)), EXPANDED_TITLE)

@@ -31,6 +31,7 @@ import numpy
 
 from capsnet_chainer import affnist
 from capsnet_chainer import multimnist
+from capsnet_chainer.affnist import dataset_arrays
 from capsnet_chainer.augment import RandomShift
 
 #: ``(title, source data set, two digits per image, default --max-shift (None: the
@@ -75,13 +76,8 @@ def source_n_test(name, n_test):
     return None if protocol(name).pairs else n_test
 
 
-def _arrays(dataset):
-    x, t = chainer.dataset.concat_examples(dataset[:])
-    return x, t
-
-
 def _pairs(digits, n, seed, max_shift):
-    x, t2, single = multimnist.make_test_set(*_arrays(digits), n=n, seed=seed,
+    x, t2, single = multimnist.make_test_set(*dataset_arrays(digits), n=n, seed=seed,
                                              max_shift=max_shift)
     return chainer.datasets.TupleDataset(x, t2, single)
 
@@ -130,7 +126,7 @@ def make_data(name, train, heldout, test, n_test=None, max_shift=None,
                          'each digit of a pair on its own')
     n_test = MULTIMNIST_TEST_PAIRS if n_test is None else int(n_test)
     test_set = {'pairs': n_test, 'seed': MULTIMNIST_TEST_SEED, 'max_shift': max_shift}
-    sampler = multimnist.PairSampler(*_arrays(train), max_shift=max_shift, seed=seed)
+    sampler = multimnist.PairSampler(*dataset_arrays(train), max_shift=max_shift, seed=seed)
     if heldout is not None:
         heldout = _pairs(heldout, len(heldout), MULTIMNIST_HELDOUT_SEED, max_shift)
     test = make_test_set(name, test, test_set)
@@ -148,7 +144,7 @@ def make_test_set(name, test, test_set=None):
     """
     spec = protocol(name)
     if not spec.pairs and spec.canvas:  # the expanded test set: digits centred
-        x, t = _arrays(test)
+        x, t = dataset_arrays(test)
         return chainer.datasets.TupleDataset(affnist.expand(x, spec.canvas), t)
     if not spec.pairs:
         return test
