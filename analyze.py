@@ -269,8 +269,8 @@ def analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules=True)
     t = t[:n_test]
     results = metrics.classification_metrics(t, scores)
     errors = metrics.most_confident_errors(t, scores, args.top_k)
-    evaluation.update(images='the first {} of the {} test set'.format(
-                          n_test, affnist.EXPANDED_TITLE if spec.canvas else spec.title),
+    title = affnist.EXPANDED_TITLE if spec.canvas else spec.title
+    evaluation.update(images='the first {} of the {} test set'.format(n_test, title),
                       class_names=list(DATASETS[spec.source].class_names))
     results.update({
         'evaluation': evaluation,
@@ -285,7 +285,6 @@ def analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules=True)
                                     reconstructions=capsules),
          os.path.join(args.out, 'misclassified.png'))
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
-    title = affnist.EXPANDED_TITLE if spec.canvas else spec.title
     print('test accuracy {:.2%} (error {:.2%}) on {} {} test images, no augmentation'.format(
         results['accuracy'], results['error_rate'], n_test, title))
     if spec.source != 'mnist':
