@@ -17,6 +17,7 @@ are those of :mod:`capsnet_chainer`, with ``O`` output channels.
 from chainer import backend
 from chainer import function_node
 from chainer.utils import type_check
+import numpy
 
 #: Bytes of scratch memory the convolution may use at once for an im2col block.
 WORKSPACE_BYTES = 64 * 2 ** 20
@@ -24,6 +25,9 @@ WORKSPACE_BYTES = 64 * 2 ** 20
 #: fits in about this many bytes, so that the elementwise work runs in cache. Smaller
 #: pieces make matrix products too small to share between BLAS threads well.
 CACHE_BYTES = 8 * 2 ** 20
+#: On a GPU: the scratch bound, large enough that the primary capsules of a batch of 256
+#: (764 MB) make one im2col block and one matrix product; no cache bound there.
+GPU_WORKSPACE_BYTES = 2 ** 30
 
 
 def _pair(x):
@@ -78,23 +82,25 @@ def _split(n, size):
     return [(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def _plan(x_shape, w_shape, out_size, itemsize, fused):
+def _plan(x_shape, w_shape, out_size, itemsize, fused, gpu=False):
     """Pieces of the batch and groups of kernel rows that bound the scratch memory.
 
     A piece of the batch and a group of kernel rows make one im2col block of at most
-    :data:`WORKSPACE_BYTES` (unless one image's kernel row alone is larger). With a
-    fused activation, a piece's output also stays within :data:`CACHE_BYTES`, so that
-    the elementwise work on it runs in cache.
+    :data:`WORKSPACE_BYTES` (:data:`GPU_WORKSPACE_BYTES` on a GPU) unless one image's
+    kernel row alone is larger. With a fused activation on the CPU, a piece's output
+    also stays within :data:`CACHE_BYTES`, so that the elementwise work on it runs in
+    cache.
     """
     B, _, _, C = x_shape
     n_out, _, kh, kw = w_shape
     oh, ow = out_size
+    workspace = GPU_WORKSPACE_BYTES if gpu else WORKSPACE_BYTES
     row_bytes = itemsize * oh * ow * kw * C  # one kernel row of one image's im2col
-    n_image = WORKSPACE_BYTES // row_bytes
-    if fused:
+    n_image = workspace // row_bytes
+    if fused and not gpu:
         n_image = min(n_image, CACHE_BYTES // (itemsize * oh * ow * n_out))
     pieces = _split(B, max(1, n_image))
-    n_row = WORKSPACE_BYTES // (row_bytes * (pieces[0][1] - pieces[0][0]))
+    n_row = workspace // (row_bytes * (pieces[0][1] - pieces[0][0]))
     return pieces, _split(kh, max(1, min(kh, n_row)))
 
 
@@ -168,7 +174,8 @@ class Convolution2DFunction(function_node.FunctionNode):
         geometry = self.geometry = (kh, kw), self.stride, (oh, ow)
         w_mat_t = _weight_matrix(W).T  # (kh * kw * C, O)
         y = xp.empty((B, oh * ow, n_out), x.dtype)
-        pieces, groups = _plan(x.shape, W.shape, (oh, ow), x.itemsize, self.slope is not None)
+        pieces, groups = _plan(x.shape, W.shape, (oh, ow), x.itemsize,
+                               self.slope is not None, xp is not numpy)
         col = part = None
         for i0, i1 in pieces:
             n = (i1 - i0) * oh * ow
@@ -229,7 +236,8 @@ class Convolution2DFunctionGrad(NoDoubleBackprop):
         gx = xp.zeros_like(x) if want_x else None
         gw_mat = xp.empty((n_out, kh * kw * C), x.dtype) if want_w else None
         gb = xp.zeros((n_out,), x.dtype) if want_b else None
-        pieces, groups = _plan(x.shape, W.shape, (oh, ow), x.itemsize, y is not None)
+        pieces, groups = _plan(x.shape, W.shape, (oh, ow), x.itemsize, y is not None,
+                               xp is not numpy)
         col = None
         for i0, i1 in pieces:
             n = (i1 - i0) * oh * ow

@@ -31,16 +31,19 @@ class Convolution2D(L.Convolution2D):
 
     The parameters (``W`` ``(O, C, kh, kw)``, ``b``), their names and initialisation are
     those of the parent class, so model files are unchanged. Valid (unpadded),
-    undilated, ungrouped convolutions of NumPy arrays run as
-    :func:`~capsnet_chainer.conv_kernel.convolution_2d`; others, every convolution on a
-    GPU (where cuDNN's is the fast one), and all of them when :attr:`fast` is
-    ``False``, fall back to the parent's code.
+    undilated, ungrouped convolutions run as
+    :func:`~capsnet_chainer.conv_kernel.convolution_2d` (on a GPU only with
+    :attr:`fast_on_gpu`); others, and all of them when :attr:`fast` is ``False``, fall
+    back to the parent's code (on a GPU without cuDNN, as with CuPy 14: im2col and a
+    matrix product).
 
     Attributes:
         fast (bool): Use the kernel where it applies (default ``True``).
+        fast_on_gpu (bool): Use it on CuPy arrays too (class-wide; default ``False``).
     """
 
     fast = True
+    fast_on_gpu = False
 
     def forward(self, x):
         """Args: x ``(B, C, H, W)``. Returns: ``(B, O, H', W')``, a view of channels-last
@@ -71,7 +74,8 @@ class Convolution2D(L.Convolution2D):
         return conv_kernel.convolution_2d(x, self.W, self.b, self.stride, slope)
 
     def _fast(self):
-        return (self.fast and self.xp is numpy and tuple(self.pad) == (0, 0)
+        return (self.fast and (self.xp is numpy or self.fast_on_gpu)
+                and tuple(self.pad) == (0, 0)
                 and tuple(self.dilate) == (1, 1) and self.groups == 1)
 
 
