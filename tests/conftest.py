@@ -40,6 +40,21 @@ def mnist_dir():
     return path
 
 
+#: The devices that equivalence tests run on: the CPU always, a CuPy GPU under ``-m gpu``.
+DEVICES = ['@numpy', pytest.param('@cupy:0', marks=pytest.mark.gpu)]
+
+
+def get_device(name):
+    """``chainer.get_device(name)``; skips the test when ``name`` is a GPU and CuPy or
+    the GPU is missing."""
+    if name.startswith('@cupy'):
+        pytest.importorskip('cupy')
+        from chainer.backends import cuda
+        if not cuda.available:
+            pytest.skip('CuPy is installed but finds no CUDA GPU')
+    return chainer.get_device(name)
+
+
 def run_train(args, cwd, timeout=900):
     """Runs ``train.py`` in a subprocess in ``cwd``; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=REPO, MPLBACKEND='Agg')

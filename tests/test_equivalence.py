@@ -9,7 +9,8 @@ themselves are compared with the library's plain functions in test_routing_kerne
 and with Chainer's convolution in test_conv_kernel.py. For every switch of
 :class:`CapsNet` the fast model's outputs, loss and the gradients of every parameter
 and of the input must agree with it: to rounding in float64, and to float32 precision
-in float32.
+in float32. Every test runs on the CPU and, under ``-m gpu``, on a CuPy GPU: there the
+convolutions are Chainer's own unless ``Convolution2D.fast_on_gpu`` (both are tested).
 """
 
 import chainer
@@ -20,9 +21,11 @@ from chainer import testing
 
 from capsnet_chainer import CapsNet
 from capsnet_chainer import conv_kernel
+from capsnet_chainer import links
 from capsnet_chainer.functions import EPS
 from capsnet_chainer.functions import routing
 from capsnet_chainer.functions import squash
+from conftest import get_device
 
 
 def plain_capsules(model, x):
@@ -40,7 +43,8 @@ def plain_capsules(model, x):
     # u_hat[b, j, i, d] = (u_i W_map(i) + b_map(i))[j * 16 + d]: the map of capsule i
     # is its type's (shared, with a bias) or its own.
     I, J = u.shape[1], cfg['n_class']
-    maps = numpy.arange(I) // (H * W) if cfg['shared_weights'] else numpy.arange(I)
+    xp = chainer.backend.get_array_module(x)
+    maps = xp.arange(I) // (H * W) if cfg['shared_weights'] else numpy.arange(I)
     u_hat = F.matmul(F.transpose(u, (1, 0, 2)), model.digits.W[maps])  # (I, B, J * 16)
     if cfg['shared_weights']:
         u_hat = u_hat + F.broadcast_to(model.digits.b[maps][:, None, :], u_hat.shape)
@@ -54,15 +58,16 @@ def plain_loss(model, x, t):
     cfg = model.config
     v = plain_capsules(model, x)
     B, J, D = v.shape
+    xp = chainer.backend.get_array_module(v)
     lengths = F.sqrt(F.sum(v * v, axis=2) + EPS)
-    present = numpy.eye(J, dtype=v.dtype)[t]
+    present = xp.eye(J, dtype=v.dtype)[t]
     loss = F.sum(present * F.relu(0.9 - lengths) ** 2
                  + 0.5 * (1 - present) * F.relu(lengths - 0.1) ** 2) / B
     if cfg['reconstruct']:
         labels = t
         if not chainer.config.train and cfg['mask_test'] == 'prediction':
             labels = lengths.array.argmax(axis=1)
-        keep = numpy.eye(J, dtype=v.dtype)[labels]
+        keep = xp.eye(J, dtype=v.dtype)[labels]
         h = F.reshape(v * F.broadcast_to(keep[:, :, None], v.shape), (B, J * D))
         dec = model.decoder
         h = F.relu(F.linear(h, dec.fc1.W, dec.fc1.b))
@@ -86,8 +91,9 @@ SWITCHES = [
 ]
 
 
-def make_model(kwargs, dtype, seed=0):
-    """A model with random weights and non-zero biases, in ``dtype``."""
+def make_model(kwargs, dtype, device=None, seed=0):
+    """A model with random weights and non-zero biases, in ``dtype``, on ``device``
+    (the CPU by default)."""
     numpy.random.seed(seed)
     model = CapsNet(**kwargs)
     for name, param in model.namedparams():
@@ -96,19 +102,38 @@ def make_model(kwargs, dtype, seed=0):
     if dtype != numpy.float32:
         for param in model.params():
             param.array = param.array.astype(dtype)
+    if device is not None:
+        model.to_device(device)
     return model
 
 
 def run(model, loss_fn, x, t):
-    """Loss, capsules and the gradients of every parameter and of ``x``."""
+    """Loss, capsules and the gradients of every parameter and of ``x``, as NumPy arrays
+    whichever device ``model`` is on (``x`` and ``t`` are sent there)."""
+    device = model.device
     model.cleargrads()
-    xv = chainer.Variable(x.copy())
-    loss, v = loss_fn(model, xv, t)
+    xv = chainer.Variable(device.send(x.copy()))
+    loss, v = loss_fn(model, xv, device.send(t))
     loss.backward()
-    grads = {name: p.grad.copy() for name, p in model.namedparams()
-             if p.grad is not None}
-    grads['x'] = xv.grad
-    return float(loss.array), v.array, grads
+    grads = {name: chainer.backend.CpuDevice().send(p.grad)
+             for name, p in model.namedparams() if p.grad is not None}
+    grads['x'] = chainer.backend.CpuDevice().send(xv.grad)
+    return float(loss.array), chainer.backend.CpuDevice().send(v.array), grads
+
+
+#: Where the model runs: the CPU (where the conv kernel is always used), and a GPU with
+#: Chainer's im2col convolutions or with ours (``Convolution2D.fast_on_gpu``).
+PLACES = [pytest.param(('@numpy', False), id='cpu'),
+          pytest.param(('@cupy:0', False), id='gpu', marks=pytest.mark.gpu),
+          pytest.param(('@cupy:0', True), id='gpu-conv-kernel', marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=PLACES)
+def device(request, monkeypatch):
+    """The device to run the model on, with ``fast_on_gpu`` set for the case."""
+    name, fast_on_gpu = request.param
+    monkeypatch.setattr(links.Convolution2D, 'fast_on_gpu', fast_on_gpu)
+    return get_device(name)
 
 
 def fast_loss(model, x, t):
@@ -143,8 +168,8 @@ def case_id(case):
 
 
 @pytest.mark.parametrize('kwargs, dtype', CASES, ids=[case_id(c) for c in CASES])
-def test_fast_model_equals_plain_equations(kwargs, dtype):
-    model = make_model(kwargs, dtype)
+def test_fast_model_equals_plain_equations(kwargs, dtype, device):
+    model = make_model(kwargs, dtype, device)
     x = numpy.random.rand(2, 1, 28, 28).astype(dtype)
     t = numpy.array([3, 7], numpy.int32)
     loss, v, grads = run(model, fast_loss, x, t)
@@ -160,11 +185,12 @@ def test_fast_model_equals_plain_equations(kwargs, dtype):
 
 
 @pytest.mark.parametrize('kwargs', [{}])
-def test_fast_model_equals_plain_in_small_pieces(kwargs, monkeypatch):
+def test_fast_model_equals_plain_in_small_pieces(kwargs, device, monkeypatch):
     """The convolutions cut into one image and one kernel row at a time."""
     monkeypatch.setattr(conv_kernel, 'WORKSPACE_BYTES', 1)
+    monkeypatch.setattr(conv_kernel, 'GPU_WORKSPACE_BYTES', 1)
     monkeypatch.setattr(conv_kernel, 'CACHE_BYTES', 1)
-    model = make_model(dict(kwargs, reconstruct=True), numpy.float64)
+    model = make_model(dict(kwargs, reconstruct=True), numpy.float64, device)
     x = numpy.random.rand(2, 1, 28, 28)
     t = numpy.array([1, 2], numpy.int32)
     loss, v, grads = run(model, fast_loss, x, t)
@@ -175,25 +201,26 @@ def test_fast_model_equals_plain_in_small_pieces(kwargs, monkeypatch):
 
 
 @pytest.mark.parametrize('mask_test', ['label', 'prediction'])
-def test_test_time_loss_equals_plain(mask_test):
-    model = make_model({'reconstruct': True, 'mask_test': mask_test}, numpy.float64)
-    x = numpy.random.rand(3, 1, 28, 28)
-    t = numpy.array([1, 2, 3], numpy.int32)
+def test_test_time_loss_equals_plain(mask_test, device):
+    model = make_model({'reconstruct': True, 'mask_test': mask_test}, numpy.float64, device)
+    x = device.send(numpy.random.rand(3, 1, 28, 28))
+    t = device.send(numpy.array([1, 2, 3], numpy.int32))
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         loss, v = fast_loss(model, x, t)
         loss_ref, v_ref = plain_loss(model, x, t)
         scores = model.predict(x)
+    v, v_ref = (chainer.backend.CpuDevice().send(a.array) for a in (v, v_ref))
     assert float(loss.array) == pytest.approx(float(loss_ref.array), rel=1e-9)
-    assert_close(v.array, v_ref.array, numpy.float64, 'capsules')
-    numpy.testing.assert_allclose(scores, numpy.sqrt((v_ref.array ** 2).sum(axis=2) + EPS),
+    assert_close(v, v_ref, numpy.float64, 'capsules')
+    numpy.testing.assert_allclose(scores, numpy.sqrt((v_ref ** 2).sum(axis=2) + EPS),
                                   rtol=1e-9)
 
 
 @pytest.mark.parametrize('kwargs', [{'reconstruct': True},
                                     {'reconstruct': True, 'shared_weights': False},
                                     {'grad_all_iterations': False, 'leaky_slope': 0.0}])
-def test_model_without_fast_kernels_equals_plain_equations(kwargs):
-    model = make_model(kwargs, numpy.float64)
+def test_model_without_fast_kernels_equals_plain_equations(kwargs, device):
+    model = make_model(kwargs, numpy.float64, device)
     model.fast_kernels = False
     x = numpy.random.rand(2, 1, 28, 28)
     t = numpy.array([3, 7], numpy.int32)

@@ -1,0 +1,214 @@
+"""The GPU against the CPU: gradient checks of our FunctionNodes on CuPy, training steps
+from the same weights on the same batches, and snapshots that move between the two.
+
+The equivalence of the whole fast model with SPEC's plain equations on CuPy is in
+test_equivalence.py (its ``gpu`` cases). Every test here needs a CuPy GPU (``-m gpu``)
+and skips without one; the helpers are written for any two devices, so that
+:func:`test_training_steps_match_across_devices_helper_on_the_cpu` checks their logic
+with the CPU twice where there is no GPU.
+"""
+
+import copy
+import json
+import os
+
+import chainer
+import numpy
+import pytest
+from chainer import gradient_check
+
+from capsnet_chainer import CapsNet
+from capsnet_chainer import conv_kernel
+from capsnet_chainer import functions
+from capsnet_chainer import prediction_kernel
+from capsnet_chainer import routing_kernels
+from capsnet_chainer.mnist import get_mnist
+from conftest import get_device
+from conftest import run_train
+
+gpu = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    numpy.random.seed(0)
+
+
+@pytest.fixture
+def cupy_device():
+    return get_device('@cupy:0')
+
+
+def to_gpu(device, *arrays):
+    return tuple(None if a is None else device.send(a) for a in arrays)
+
+
+# 1. check_backward on CuPy for each FunctionNode of ours
+
+
+@gpu
+@pytest.mark.parametrize('slope', [None, 0.05])
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('pieces', ['whole', 'small'])
+def test_convolution_kernel_gradient_check_on_gpu(cupy_device, slope, stride, pieces,
+                                                  monkeypatch):
+    if pieces == 'small':
+        monkeypatch.setattr(conv_kernel, 'GPU_WORKSPACE_BYTES', 1)
+    x = numpy.random.randn(3, 10, 9, 4)
+    W = numpy.random.randn(5, 4, 3, 4)
+    b = numpy.random.randn(5)
+    gy = numpy.random.randn(*conv_kernel.convolution_2d(x, W, b, stride).shape)
+    gradient_check.check_backward(
+        lambda *a: conv_kernel.convolution_2d(*a, stride=stride, slope=slope),
+        to_gpu(cupy_device, x, W, b), cupy_device.send(gy), dtype=numpy.float64, eps=1e-6,
+        atol=1e-6, rtol=1e-5)
+
+
+def shared_inputs(B=2, K=2, N=3, E=3, J=3, D=4):
+    return (numpy.random.randn(B, K, N, E), numpy.random.randn(K, E, J * D) * 0.5,
+            numpy.random.randn(K, J * D) * 0.5)
+
+
+@gpu
+@pytest.mark.parametrize('n_iteration', [1, 3])
+def test_routing_kernels_gradient_check_on_gpu(cupy_device, n_iteration):
+    """The true gradient (``grad_all_iterations=False`` is checked against the plain
+    routing in test_equivalence.py's gpu cases)."""
+    kw = dict(n_iteration=n_iteration)
+    u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
+    gradient_check.check_backward(
+        lambda u: routing_kernels.routing(u, **kw), cupy_device.send(u_hat),
+        cupy_device.send(numpy.random.randn(2, 3, 4)), dtype=numpy.float64,
+        atol=1e-5, rtol=1e-4)
+    gradient_check.check_backward(
+        lambda *a: routing_kernels.shared_routing(*a, n_class=3, **kw),
+        to_gpu(cupy_device, *shared_inputs()), cupy_device.send(numpy.random.randn(2, 3, 4)),
+        dtype=numpy.float64, atol=1e-5, rtol=1e-4)
+
+
+@gpu
+@pytest.mark.parametrize('n_cell', [1, 5])
+def test_prediction_kernel_gradient_check_on_gpu(cupy_device, n_cell):
+    u, W, b = shared_inputs(B=3, K=4 if n_cell > 1 else 20, N=n_cell, J=6)
+    u = u.reshape((3, -1, 3))
+    gy = numpy.random.randn(3, 6, u.shape[1], 4)
+    gradient_check.check_backward(
+        lambda *a: prediction_kernel.prediction_vectors(*a, n_class=6, n_cell=n_cell),
+        to_gpu(cupy_device, u, W, b), cupy_device.send(gy), dtype=numpy.float64,
+        atol=1e-5, rtol=1e-4)
+
+
+@gpu
+def test_plain_functions_double_backward_check_on_gpu(cupy_device):
+    """The plain routing (F ops): first and second derivatives on CuPy."""
+    u_hat = numpy.random.randn(2, 3, 4, 4) * 0.5
+    gv = numpy.random.randn(2, 3, 4)
+    gradient_check.check_double_backward(
+        functions.routing, cupy_device.send(u_hat), cupy_device.send(gv),
+        cupy_device.send(numpy.random.randn(*u_hat.shape)), dtype=numpy.float64,
+        atol=1e-4, rtol=1e-3)
+
+
+# 2. Training steps: the same weights and batches on two devices
+
+
+def training_losses(model, device, batches, alpha=1e-3):
+    """Runs Adam on ``model`` (moved to ``device``) over ``batches``; returns each
+    step's loss and the final weights, on the CPU."""
+    model.to_device(device)
+    optimizer = chainer.optimizers.Adam(alpha=alpha)
+    optimizer.setup(model)
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', model)
+    losses = []
+    for x, t in batches:
+        with reporter.scope({}):
+            loss = model(device.send(x), device.send(t))
+        model.cleargrads()
+        loss.backward()
+        optimizer.update()
+        losses.append(float(loss.array))
+    cpu = chainer.backend.CpuDevice()
+    return losses, {name: cpu.send(p.array) for name, p in model.namedparams()}
+
+
+def assert_training_matches(device_a, device_b, mnist_dir, n_step=5, batchsize=16):
+    train, _ = get_mnist(data_dir=mnist_dir, n_train=n_step * batchsize, n_test=1)
+    x, t = chainer.dataset.concat_examples(train)
+    batches = [(x[i:i + batchsize], t[i:i + batchsize])
+               for i in range(0, len(t), batchsize)]
+    model = CapsNet(reconstruct=True)
+    twin = copy.deepcopy(model)
+    start = model.conv1.W.array.copy()
+    losses_a, weights_a = training_losses(model, device_a, batches)
+    losses_b, weights_b = training_losses(twin, device_b, batches)
+    assert numpy.isfinite(losses_a).all()
+    assert not numpy.allclose(weights_a['/conv1/W'], start, rtol=1e-3, atol=0)  # it trained
+    numpy.testing.assert_allclose(losses_a, losses_b, rtol=1e-4)
+    for name in weights_a:
+        scale = float(numpy.abs(weights_a[name]).max()) or 1.0
+        numpy.testing.assert_allclose(weights_a[name], weights_b[name], rtol=1e-3,
+                                      atol=1e-4 * scale, err_msg=name)
+
+
+def test_training_steps_match_across_devices_helper_on_the_cpu(mnist_dir):
+    assert_training_matches(chainer.get_device('@numpy'), chainer.get_device('@numpy'),
+                            mnist_dir, n_step=2)
+
+
+@gpu
+def test_gpu_training_steps_match_the_cpu(cupy_device, mnist_dir):
+    """5 Adam steps with reconstruction, from the same weights on the same 16-digit
+    batches: the losses agree to float32 tolerance."""
+    assert_training_matches(chainer.get_device('@numpy'), cupy_device, mnist_dir)
+
+
+# 3. Snapshots: taken on one device, resumed on the other
+
+
+TINY = ['--n-train', '64', '--n-test', '32', '-b', '32', '--reconstruct']
+
+
+def read_log(folder):
+    with open(os.path.join(str(folder), 'result', 'log')) as f:
+        return json.load(f)
+
+
+def snapshot_weights(folder, epoch):
+    path = os.path.join(str(folder), 'result', 'snapshot_epoch_{}'.format(epoch))
+    with numpy.load(path) as npz:
+        return {k: npz[k] for k in npz.files if k.startswith('updater/model:main/')}
+
+
+@pytest.fixture(scope='module')
+def straight_cpu_run(tmp_path_factory, mnist_dir):
+    """Two uninterrupted epochs on the CPU."""
+    folder = tmp_path_factory.mktemp('straight')
+    proc = run_train(['--data-dir', mnist_dir, '-g', '-1', '-e', '2'] + TINY, folder)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return folder
+
+
+@gpu
+@pytest.mark.parametrize('first, second', [('0', '-1'), ('-1', '0')],
+                         ids=['gpu-then-cpu', 'cpu-then-gpu'])
+def test_snapshot_resumes_on_the_other_device(cupy_device, straight_cpu_run, tmp_path,
+                                              mnist_dir, first, second):
+    """Epoch 1 on one device, --resume to epoch 2 on the other: the same weights and
+    log as two epochs on the CPU, to float32 tolerance."""
+    base = ['--data-dir', mnist_dir] + TINY
+    proc = run_train(base + ['-g', first, '-e', '1'], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = run_train(base + ['-g', second, '-e', '2', '--resume'], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'Resuming from' in proc.stdout
+    want, got = snapshot_weights(straight_cpu_run, 2), snapshot_weights(tmp_path, 2)
+    assert want.keys() == got.keys() and len(want) > 0
+    for key in want:
+        scale = float(numpy.abs(want[key]).max()) or 1.0
+        numpy.testing.assert_allclose(got[key], want[key], rtol=1e-3, atol=1e-4 * scale,
+                                      err_msg=key)
+    for a, b in zip(read_log(straight_cpu_run), read_log(tmp_path)):
+        assert a['epoch'] == b['epoch'] and a['iteration'] == b['iteration']
+        for key in ('main/loss', 'validation/main/loss', 'validation/main/accuracy'):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
