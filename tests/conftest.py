@@ -40,10 +40,6 @@ def mnist_dir():
     return path
 
 
-#: The devices that equivalence tests run on: the CPU always, a CuPy GPU under ``-m gpu``.
-DEVICES = ['@numpy', pytest.param('@cupy:0', marks=pytest.mark.gpu)]
-
-
 def get_device(name):
     """``chainer.get_device(name)``; skips the test when ``name`` is a GPU and CuPy or
     the GPU is missing."""
