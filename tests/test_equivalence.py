@@ -18,6 +18,7 @@ import chainer.functions as F
 import numpy
 import pytest
 from chainer import testing
+from chainer.backends.cuda import to_cpu
 
 from capsnet_chainer import CapsNet
 from capsnet_chainer import conv_kernel
@@ -44,7 +45,7 @@ def plain_capsules(model, x):
     # is its type's (shared, with a bias) or its own.
     I, J = u.shape[1], cfg['n_class']
     xp = chainer.backend.get_array_module(x)
-    maps = xp.arange(I) // (H * W) if cfg['shared_weights'] else numpy.arange(I)
+    maps = xp.arange(I) // (H * W) if cfg['shared_weights'] else xp.arange(I)
     u_hat = F.matmul(F.transpose(u, (1, 0, 2)), model.digits.W[maps])  # (I, B, J * 16)
     if cfg['shared_weights']:
         u_hat = u_hat + F.broadcast_to(model.digits.b[maps][:, None, :], u_hat.shape)
@@ -115,10 +116,9 @@ def run(model, loss_fn, x, t):
     xv = chainer.Variable(device.send(x.copy()))
     loss, v = loss_fn(model, xv, device.send(t))
     loss.backward()
-    grads = {name: chainer.backend.CpuDevice().send(p.grad)
-             for name, p in model.namedparams() if p.grad is not None}
-    grads['x'] = chainer.backend.CpuDevice().send(xv.grad)
-    return float(loss.array), chainer.backend.CpuDevice().send(v.array), grads
+    grads = {name: to_cpu(p.grad) for name, p in model.namedparams() if p.grad is not None}
+    grads['x'] = to_cpu(xv.grad)
+    return float(loss.array), to_cpu(v.array), grads
 
 
 #: Where the model runs: the CPU (where the conv kernel is always used), and a GPU with
@@ -209,7 +209,7 @@ def test_test_time_loss_equals_plain(mask_test, device):
         loss, v = fast_loss(model, x, t)
         loss_ref, v_ref = plain_loss(model, x, t)
         scores = model.predict(x)
-    v, v_ref = (chainer.backend.CpuDevice().send(a.array) for a in (v, v_ref))
+    v, v_ref = to_cpu(v.array), to_cpu(v_ref.array)
     assert float(loss.array) == pytest.approx(float(loss_ref.array), rel=1e-9)
     assert_close(v, v_ref, numpy.float64, 'capsules')
     numpy.testing.assert_allclose(scores, numpy.sqrt((v_ref ** 2).sum(axis=2) + EPS),

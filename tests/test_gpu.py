@@ -9,13 +9,12 @@ with the CPU twice where there is no GPU.
 """
 
 import copy
-import json
-import os
 
 import chainer
 import numpy
 import pytest
 from chainer import gradient_check
+from chainer.backends.cuda import to_cpu
 
 from capsnet_chainer import CapsNet
 from capsnet_chainer import conv_kernel
@@ -25,6 +24,9 @@ from capsnet_chainer import routing_kernels
 from capsnet_chainer.mnist import get_mnist
 from conftest import get_device
 from conftest import run_train
+from test_train import TINY
+from test_train import read_log
+from test_train import snapshot_weights
 
 gpu = pytest.mark.gpu
 
@@ -37,10 +39,6 @@ def seed():
 @pytest.fixture
 def cupy_device():
     return get_device('@cupy:0')
-
-
-def to_gpu(device, *arrays):
-    return tuple(None if a is None else device.send(a) for a in arrays)
 
 
 # 1. check_backward on CuPy for each FunctionNode of ours
@@ -60,7 +58,7 @@ def test_convolution_kernel_gradient_check_on_gpu(cupy_device, slope, stride, pi
     gy = numpy.random.randn(*conv_kernel.convolution_2d(x, W, b, stride).shape)
     gradient_check.check_backward(
         lambda *a: conv_kernel.convolution_2d(*a, stride=stride, slope=slope),
-        to_gpu(cupy_device, x, W, b), cupy_device.send(gy), dtype=numpy.float64, eps=1e-6,
+        cupy_device.send((x, W, b)), cupy_device.send(gy), dtype=numpy.float64, eps=1e-6,
         atol=1e-6, rtol=1e-5)
 
 
@@ -74,15 +72,14 @@ def shared_inputs(B=2, K=2, N=3, E=3, J=3, D=4):
 def test_routing_kernels_gradient_check_on_gpu(cupy_device, n_iteration):
     """The true gradient (``grad_all_iterations=False`` is checked against the plain
     routing in test_equivalence.py's gpu cases)."""
-    kw = dict(n_iteration=n_iteration)
     u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
     gradient_check.check_backward(
-        lambda u: routing_kernels.routing(u, **kw), cupy_device.send(u_hat),
+        lambda u: routing_kernels.routing(u, n_iteration), cupy_device.send(u_hat),
         cupy_device.send(numpy.random.randn(2, 3, 4)), dtype=numpy.float64,
         atol=1e-5, rtol=1e-4)
     gradient_check.check_backward(
-        lambda *a: routing_kernels.shared_routing(*a, n_class=3, **kw),
-        to_gpu(cupy_device, *shared_inputs()), cupy_device.send(numpy.random.randn(2, 3, 4)),
+        lambda *a: routing_kernels.shared_routing(*a, n_class=3, n_iteration=n_iteration),
+        cupy_device.send(shared_inputs()), cupy_device.send(numpy.random.randn(2, 3, 4)),
         dtype=numpy.float64, atol=1e-5, rtol=1e-4)
 
 
@@ -94,7 +91,7 @@ def test_prediction_kernel_gradient_check_on_gpu(cupy_device, n_cell):
     gy = numpy.random.randn(3, 6, u.shape[1], 4)
     gradient_check.check_backward(
         lambda *a: prediction_kernel.prediction_vectors(*a, n_class=6, n_cell=n_cell),
-        to_gpu(cupy_device, u, W, b), cupy_device.send(gy), dtype=numpy.float64,
+        cupy_device.send((u, W, b)), cupy_device.send(gy), dtype=numpy.float64,
         atol=1e-5, rtol=1e-4)
 
 
@@ -128,8 +125,7 @@ def training_losses(model, device, batches, alpha=1e-3):
         loss.backward()
         optimizer.update()
         losses.append(float(loss.array))
-    cpu = chainer.backend.CpuDevice()
-    return losses, {name: cpu.send(p.array) for name, p in model.namedparams()}
+    return losses, {name: to_cpu(p.array) for name, p in model.namedparams()}
 
 
 def assert_training_matches(device_a, device_b, mnist_dir, n_step=5, batchsize=16):
@@ -166,20 +162,6 @@ def test_gpu_training_steps_match_the_cpu(cupy_device, mnist_dir):
 # 3. Snapshots: taken on one device, resumed on the other
 
 
-TINY = ['--n-train', '64', '--n-test', '32', '-b', '32', '--reconstruct']
-
-
-def read_log(folder):
-    with open(os.path.join(str(folder), 'result', 'log')) as f:
-        return json.load(f)
-
-
-def snapshot_weights(folder, epoch):
-    path = os.path.join(str(folder), 'result', 'snapshot_epoch_{}'.format(epoch))
-    with numpy.load(path) as npz:
-        return {k: npz[k] for k in npz.files if k.startswith('updater/model:main/')}
-
-
 @pytest.fixture(scope='module')
 def straight_cpu_run(tmp_path_factory, mnist_dir):
     """Two uninterrupted epochs on the CPU."""
@@ -202,13 +184,15 @@ def test_snapshot_resumes_on_the_other_device(cupy_device, straight_cpu_run, tmp
     proc = run_train(base + ['-g', second, '-e', '2', '--resume'], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'Resuming from' in proc.stdout
-    want, got = snapshot_weights(straight_cpu_run, 2), snapshot_weights(tmp_path, 2)
+    want, got = (snapshot_weights(str(folder / 'result' / 'snapshot_epoch_2'))
+                 for folder in (straight_cpu_run, tmp_path))
     assert want.keys() == got.keys() and len(want) > 0
     for key in want:
         scale = float(numpy.abs(want[key]).max()) or 1.0
         numpy.testing.assert_allclose(got[key], want[key], rtol=1e-3, atol=1e-4 * scale,
                                       err_msg=key)
-    for a, b in zip(read_log(straight_cpu_run), read_log(tmp_path)):
+    logs = (read_log(str(folder / 'result')) for folder in (straight_cpu_run, tmp_path))
+    for a, b in zip(*logs):
         assert a['epoch'] == b['epoch'] and a['iteration'] == b['iteration']
         for key in ('main/loss', 'validation/main/loss', 'validation/main/accuracy'):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
