@@ -242,6 +242,7 @@ def worker(args, variant):
     from capsnet_chainer import links
     from capsnet_chainer import distributed
     from capsnet_chainer.nonfinite import first_non_finite
+    from capsnet_chainer.nonfinite import to_float
     from capsnet_chainer.random_state import SeededShuffleIterator
     from capsnet_chainer.training import ConverterStateUpdater
 
@@ -302,7 +303,7 @@ def worker(args, variant):
     clock.sync()
     result['test_s'] = time.perf_counter() - start
     accuracy = [v for k, v in observation.items() if k.endswith('main/accuracy')][0]
-    result['test_accuracy'] = float(chainer.backend.CpuDevice().send(accuracy))
+    result['test_accuracy'] = to_float(accuracy)
 
     # Peak memory of one step and one test batch, and what the pool holds
     batch = data.converter(train_iter.next(), device)
@@ -432,14 +433,19 @@ def primary_conv_parts(clock, gpu, repeat):
     return out
 
 
+def data_flags(args):
+    """The data flags given to this script, to pass on to a worker or train.py."""
+    return [str(a) for flag, value in (('--data-dir', args.data_dir),
+                                       ('--n-train', args.n_train),
+                                       ('--n-test', args.n_test))
+            if value is not None for a in (flag, value)]
+
+
 def run_worker(args, variant):
     env = dict(os.environ, **settings_of(variant)['env'])
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', variant,
            '-g', str(args.gpu), '--seed', str(args.seed), '--repeat', str(args.repeat)]
-    for flag, value in (('--data-dir', args.data_dir), ('--n-train', args.n_train),
-                        ('--n-test', args.n_test)):
-        if value is not None:
-            cmd += [flag, str(value)]
+    cmd += data_flags(args)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         print('variant {} failed:\n{}'.format(variant, proc.stderr[-4000:]))
@@ -476,7 +482,7 @@ def machine(gpu):
     return info
 
 
-def ceilings(gpu, tf32=False):
+def ceilings(gpu):
     """Float32 matrix-product TFLOP/s (8192^3, median of 10) and copy GB/s (bytes read
     plus written, 1 GiB)."""
     import numpy
@@ -509,13 +515,7 @@ def train_py_epoch(args):
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, os.path.join(REPO, 'train.py'), '-g', str(args.gpu),
                '-e', '2', '--reconstruct', '-o', os.path.join(tmp, 'result'),
-               '--save', os.path.join(tmp, 'model')]
-        if args.data_dir:
-            cmd += ['--data-dir', args.data_dir]
-        if args.n_train:
-            cmd += ['--n-train', str(args.n_train)]
-        if args.n_test:
-            cmd += ['--n-test', str(args.n_test)]
+               '--save', os.path.join(tmp, 'model')] + data_flags(args)
         env = dict(os.environ, MPLBACKEND='Agg')
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -668,8 +668,8 @@ def main():
     print('| floor: the FLOP at the measured matrix-product rate | {:.2f} | | | |'.format(
         floor_s))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=1)
+        from capsnet_chainer.fileio import write_atomic
+        write_atomic(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
 
 
 if __name__ == '__main__':
