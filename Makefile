@@ -10,7 +10,7 @@ ARGS ?= --save saved_model --reconstruct
 SHIPPED_MODEL := models/capsnet_mnist.npz
 MODEL ?= $(if $(wildcard saved_model),saved_model,$(SHIPPED_MODEL))
 
-.PHONY: venv mpi train analyze test bench clean
+.PHONY: venv mpi train analyze test test-gpu bench clean
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,12 @@ $(VENV)/.installed-mpi: $(VENV)/.installed
 
 test: venv mpi $(VENV)/.installed-affnist
 	$(PY) -m pytest -m "not gpu and not slow" --durations=15 $(PYTEST_ARGS)
+
+# The gpu tests alone, in a venv with CuPy added (README.md, "GPU"). Without CuPy they
+# would all be skipped, so that is refused rather than reported as a pass.
+test-gpu: venv
+	@$(PY) -c 'import cupy' 2>/dev/null || { echo "make test-gpu: CuPy is not installed in $(VENV); add it as README.md, GPU, says"; exit 1; }
+	$(PY) -m pytest -m gpu -rs $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/bench_cpu.py $(BENCH_ARGS)

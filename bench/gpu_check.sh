@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The project's GPU checks in one call, for a fresh machine with a CUDA GPU and CuPy, and
+# a few minutes of it (bench/README.md, "GPU check"). Every log, figure and model lands in
+# OUT, a few files in all, written as each phase ends, so that a call stopped at its limit
+# still returns what it did.
+#
+#   bench/gpu_check.sh OUT [PHASE ...]      (default phases: tests bench analyze)
+#
+# Phases, run in the order given:
+#   tests       the whole suite but the slow tests, gpu tests included, on every core:
+#               OUT/tests.xml (JUnit: each test's outcome, skip reason and failure)
+#   bench       bench/bench_gpu.py for $VARIANTS, without train.py or the peer:
+#               OUT/bench.json
+#   peer        bench/bench_gpu.py's PyTorch peer alone ($PEER), eager and --compile
+#   trainpy     bench/bench_gpu.py's train.py -g 0 -e 2 alone
+#   analyze     analyze.py -g 0 --load models/capsnet_mnist.npz: OUT/analysis.tar.gz
+#   long-start  the used-by training command in the background (train.py -g 0 --save
+#               saved_model --reconstruct, with $LONG_ARGS) in $LONG_DIR
+#   long-finish waits for it until $DEADLINE_S seconds after this script started, stops
+#               it (SIGTERM: every file it writes is whole), then packs its log, plots and
+#               console into OUT/long_result.tar.gz and its best model into 15 MiB parts,
+#               OUT/long_model.part_* (cat them, in order, to get the .npz back)
+# Phases after long-start share the GPU with it: time nothing there (peer, bench).
+#
+# Environment:
+#   GPU                 the GPU id (0); -1 checks this script on the CPU, with small data
+#   CAPSNET_MNIST_DIR   MNIST's four .gz files (else Chainer's cache, filled from mirrors)
+#   WHEELS              a folder of wheels that pip installs without an index where
+#                       Chainer is missing (e.g. chainer-7.8.1-py3-none-any.whl)
+#   VARIANTS            bench_gpu.py --variants (default,conv-kernel)
+#   PEER                the peer's torch_capsnet.py, for the peer phase
+#   LONG_DIR            (/tmp/capsnet_long)   LONG_ARGS  more train.py flags ('')
+#   DEADLINE_S          (540)                 JOBS       pytest-xdist workers (8)
+#   TESTS               what the tests phase runs (tests)
+#   PYTHON              the interpreter (python3)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bench/gpu_check.sh OUT [PHASE ...]}
+shift
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PHASES=("$@")
+[ ${#PHASES[@]} -gt 0 ] || PHASES=(tests bench analyze)
+for phase in "${PHASES[@]}"; do
+    case $phase in
+    tests | bench | peer | trainpy | analyze | long-start | long-finish) ;;
+    *) echo "unknown phase $phase: see the top of $0"; exit 2 ;;
+    esac
+done
+GPU=${GPU:-0}
+VARIANTS=${VARIANTS:-default,conv-kernel}
+LONG_DIR=${LONG_DIR:-/tmp/capsnet_long}
+DEADLINE_S=${DEADLINE_S:-540}
+JOBS=${JOBS:-8}
+PY=${PYTHON:-python3}
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+DATA=()
+[ -n "${CAPSNET_MNIST_DIR:-}" ] && DATA=(--data-dir "$CAPSNET_MNIST_DIR")
+SMALL=()  # the CPU check: a few images, so that every phase ends in minutes
+[ "$GPU" -lt 0 ] && SMALL=(--n-train 512 --n-test 200)
+START=$SECONDS
+
+log() { echo "== [$((SECONDS - START)) s] $*"; }
+
+log "set-up: $(uname -n), $($PY --version 2>&1)"
+if ! $PY -c 'import capsnet_chainer, chainer' 2>/dev/null; then
+    [ -n "${WHEELS:-}" ] || { echo "Chainer is missing: pip install chainer==7.8.1, or set WHEELS"; exit 1; }
+    $PY -m pip install -q --no-index --no-deps --no-cache-dir "$WHEELS"/*.whl || exit 1
+fi
+$PY - <<'EOF'
+import platform
+import capsnet_chainer  # noqa: F401  (adapts Chainer before its import)
+import chainer, numpy
+print('Python', platform.python_version(), 'NumPy', numpy.__version__, 'Chainer',
+      chainer.__version__, end=' ')
+try:
+    import cupy
+    print('CuPy', cupy.__version__, 'GPUs', cupy.cuda.runtime.getDeviceCount())
+except Exception as e:  # no CuPy or no GPU: the gpu tests skip, -g 0 fails
+    print('no CuPy GPU:', e)
+EOF
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
+    --format=csv,noheader
+
+long_pid() { cat "$LONG_DIR/pid" 2>/dev/null; }
+
+for phase in "${PHASES[@]}"; do
+    log "phase $phase"
+    case $phase in
+    tests)
+        xdist=()
+        $PY -c 'import xdist' 2>/dev/null && xdist=(-n "$JOBS")
+        $PY -m pytest -m "not slow" -q -rfEs -p no:cacheprovider "${xdist[@]}" \
+            --junitxml="$OUT/tests.xml" ${TESTS:-tests}
+        echo "pytest exit status $?"
+        ;;
+    bench)
+        $PY bench/bench_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" --variants "$VARIANTS" \
+            --repeat 3 --no-train-py --json "$OUT/bench.json"
+        ;;
+    peer)
+        $PY bench/bench_gpu.py -g "$GPU" --variants '' --no-train-py --peer "${PEER:?set PEER}"
+        ;;
+    trainpy)
+        $PY bench/bench_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" --variants ''
+        ;;
+    analyze)
+        work=$(mktemp -d)
+        $PY analyze.py -g "$GPU" --load models/capsnet_mnist.npz "${DATA[@]}" \
+            ${SMALL[@]:+--n-test 200} -o "$work/analysis" && \
+            tar -czf "$OUT/analysis.tar.gz" -C "$work" analysis
+        ;;
+    long-start)
+        if [ -n "$(long_pid)" ] && kill -0 "$(long_pid)" 2>/dev/null; then
+            echo "a long run is already going (pid $(long_pid))"
+            continue
+        fi
+        mkdir -p "$LONG_DIR"
+        # A session of its own: the run goes on if this call returns first.
+        # shellcheck disable=SC2086
+        setsid $PY train.py -g "$GPU" --save "$LONG_DIR/saved_model" --reconstruct \
+            -o "$LONG_DIR/result" "${DATA[@]}" "${SMALL[@]}" ${LONG_ARGS:-} \
+            >"$LONG_DIR/console.txt" 2>&1 </dev/null &
+        echo $! >"$LONG_DIR/pid"
+        echo "started pid $(long_pid): $LONG_DIR/console.txt"
+        ;;
+    long-finish)
+        pid=$(long_pid)
+        [ -n "$pid" ] || { echo "no long run in $LONG_DIR"; continue; }
+        while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - START)) -lt "$DEADLINE_S" ]; do
+            sleep 10
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "stopping the long run at the deadline (${DEADLINE_S} s)"
+            kill -TERM "$pid"
+            while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+        fi
+        tail -n 5 "$LONG_DIR/console.txt"
+        tar -czf "$OUT/long_result.tar.gz" -C "$LONG_DIR" console.txt \
+            $(cd "$LONG_DIR" && ls result/log result/*.png 2>/dev/null)
+        if [ -f "$LONG_DIR/saved_model" ]; then
+            sha256sum "$LONG_DIR/saved_model"
+            split -b 15M "$LONG_DIR/saved_model" "$OUT/long_model.part_"
+        fi
+        ;;
+    esac
+done
+log "done; in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
