@@ -56,8 +56,11 @@ PY=${PYTHON:-python3}
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 DATA=()
 [ -n "${CAPSNET_MNIST_DIR:-}" ] && DATA=(--data-dir "$CAPSNET_MNIST_DIR")
-SMALL=()  # the CPU check: a few images, so that every phase ends in minutes
-[ "$GPU" -lt 0 ] && SMALL=(--n-train 512 --n-test 200)
+SMALL_TEST=() SMALL=()  # the CPU check: a few images, so that every phase ends in minutes
+if [ "$GPU" -lt 0 ]; then
+    SMALL_TEST=(--n-test 200)
+    SMALL=(--n-train 512 "${SMALL_TEST[@]}")
+fi
 START=$SECONDS
 
 log() { echo "== [$((SECONDS - START)) s] $*"; }
@@ -67,20 +70,9 @@ if ! $PY -c 'import capsnet_chainer, chainer' 2>/dev/null; then
     [ -n "${WHEELS:-}" ] || { echo "Chainer is missing: pip install chainer==7.8.1, or set WHEELS"; exit 1; }
     $PY -m pip install -q --no-index --no-deps --no-cache-dir "$WHEELS"/*.whl || exit 1
 fi
-$PY - <<'EOF'
-import platform
-import capsnet_chainer  # noqa: F401  (adapts Chainer before its import)
-import chainer, numpy
-print('Python', platform.python_version(), 'NumPy', numpy.__version__, 'Chainer',
-      chainer.__version__, end=' ')
-try:
-    import cupy
-    print('CuPy', cupy.__version__, 'GPUs', cupy.cuda.runtime.getDeviceCount())
-except Exception as e:  # no CuPy or no GPU: the gpu tests skip, -g 0 fails
-    print('no CuPy GPU:', e)
-EOF
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
-    --format=csv,noheader
+# The versions and the GPU, as the benchmark reports them (a Python error here: no GPU)
+PYTHONPATH="bench${PYTHONPATH:+:$PYTHONPATH}" $PY -c \
+    "import bench_gpu; print('Machine:', bench_gpu.machine($GPU >= 0))" || exit 1
 
 long_pid() { cat "$LONG_DIR/pid" 2>/dev/null; }
 
@@ -107,7 +99,7 @@ for phase in "${PHASES[@]}"; do
     analyze)
         work=$(mktemp -d)
         $PY analyze.py -g "$GPU" --load models/capsnet_mnist.npz "${DATA[@]}" \
-            ${SMALL[@]:+--n-test 200} -o "$work/analysis" && \
+            "${SMALL_TEST[@]}" -o "$work/analysis" && \
             tar -czf "$OUT/analysis.tar.gz" -C "$work" analysis
         ;;
     long-start)
