@@ -70,9 +70,12 @@ if ! $PY -c 'import capsnet_chainer, chainer' 2>/dev/null; then
     [ -n "${WHEELS:-}" ] || { echo "Chainer is missing: pip install chainer==7.8.1, or set WHEELS"; exit 1; }
     $PY -m pip install -q --no-index --no-deps --no-cache-dir "$WHEELS"/*.whl || exit 1
 fi
-# The versions and the GPU, as the benchmark reports them (a Python error here: no GPU)
+# The versions and the GPU, as the benchmark reports them
 PYTHONPATH="bench${PYTHONPATH:+:$PYTHONPATH}" $PY -c \
-    "import bench_gpu; print('Machine:', bench_gpu.machine($GPU >= 0))" || exit 1
+    "import bench_gpu; print('Machine:', bench_gpu.machine($GPU >= 0))" || {
+    echo "no CuPy GPU $GPU for $PY (above): install CuPy (README.md, GPU); GPU=-1: CPU check"
+    exit 1
+}
 
 long_pid() { cat "$LONG_DIR/pid" 2>/dev/null; }
 
