@@ -457,14 +457,15 @@ def run_worker(args, variant):
 
 
 def machine(gpu):
+    """The versions, and GPU ``gpu``'s name and memory and the driver (the CPU where -1)."""
     import capsnet_chainer  # noqa: F401
     import chainer
     import numpy
     info = {'python': platform.python_version(), 'numpy': numpy.__version__,
             'chainer': chainer.__version__}
-    if gpu:
+    if gpu >= 0:
         import cupy
-        props = cupy.cuda.runtime.getDeviceProperties(0)
+        props = cupy.cuda.runtime.getDeviceProperties(gpu)
         name = props['name']
         info.update(gpu=name.decode() if isinstance(name, bytes) else name,
                     cupy=cupy.__version__,
@@ -474,7 +475,7 @@ def machine(gpu):
         try:
             info['driver_version'] = subprocess.run(
                 ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
-                capture_output=True, text=True, timeout=30).stdout.strip()
+                capture_output=True, text=True, timeout=30).stdout.strip().split('\n')[0]
         except (OSError, subprocess.SubprocessError):
             pass
     else:
@@ -611,7 +612,10 @@ def main():
         parser.error('unknown --variants {}; choose from {}'.format(
             ', '.join(sorted(unknown)), ', '.join(VARIANTS)))
     from bench_cpu import flop_per_image
-    report = {'machine': machine(gpu), 'ceilings': ceilings(gpu)}
+    if gpu:  # the ceilings on the GPU that the workers use
+        import cupy
+        cupy.cuda.Device(args.gpu).use()
+    report = {'machine': machine(args.gpu), 'ceilings': ceilings(gpu)}
     print('Machine: ' + json.dumps(report['machine']))
     c = report['ceilings']
     flop = flop_per_image()

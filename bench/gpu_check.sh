@@ -72,7 +72,7 @@ if ! $PY -c 'import capsnet_chainer, chainer' 2>/dev/null; then
 fi
 # The versions and the GPU, as the benchmark reports them
 PYTHONPATH="bench${PYTHONPATH:+:$PYTHONPATH}" $PY -c \
-    "import bench_gpu; print('Machine:', bench_gpu.machine($GPU >= 0))" || {
+    "import bench_gpu; print('Machine:', bench_gpu.machine($GPU))" || {
     echo "no CuPy GPU $GPU for $PY (above): install CuPy (README.md, GPU); GPU=-1: CPU check"
     exit 1
 }
