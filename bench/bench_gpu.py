@@ -531,10 +531,15 @@ def train_py_epoch(args):
             'wall_s': wall, 'test_accuracy': log[1]['validation/main/accuracy']}
 
 
-def run_peer(path, compile_):
+def run_peer(path, gpu, compile_):
+    """The peer's figures on GPU ``gpu``, the one our workers use: it sees only that GPU,
+    since its ``torch.cuda.synchronize()`` waits for the current device alone."""
     cmd = [sys.executable, path, '--device', 'cuda', '--batch', str(BATCH),
            '--epoch-images', str(N_TRAIN)] + (['--compile'] if compile_ else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')  # -g counts within it where set
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible.split(',')[gpu] if visible
+               else str(gpu))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {'error': proc.stderr.strip().splitlines()[-1:] or ['failed']}
     out = {}
@@ -646,8 +651,8 @@ def main():
     if not args.no_train_py:
         report['train_py'] = train_py_epoch(args)
     if args.peer and gpu:
-        report['peer'] = {'eager': run_peer(args.peer, False),
-                          'compile': run_peer(args.peer, True)}
+        report['peer'] = {'eager': run_peer(args.peer, args.gpu, False),
+                          'compile': run_peer(args.peer, args.gpu, True)}
 
     print('\n## Summary ({}, {})'.format(report['machine'].get('gpu', 'CPU'),
                                          time.strftime('%Y-%m-%d')))
