@@ -484,30 +484,31 @@ def machine(gpu):
 
 
 def ceilings(gpu):
-    """Float32 matrix-product TFLOP/s (8192^3, median of 10) and copy GB/s (bytes read
-    plus written, 1 GiB)."""
+    """Float32 matrix-product TFLOP/s (n^3, median of 10) and copy GB/s (bytes read plus
+    written) on GPU ``gpu``, the one the workers use: n = 8192 and 1 GiB copied; on the
+    CPU (-1), n = 1024 and 64 MiB."""
     import numpy
-    clock = Clock(gpu)
-    n = 8192 if gpu else 1024
-    if gpu:
-        import cupy as xp
-    else:
-        xp = numpy
+    if gpu < 0:
+        return _ceilings(numpy, Clock(False), 1024, 2 ** 24)
+    import cupy
+    with cupy.cuda.Device(gpu):
+        out = _ceilings(cupy, Clock(True), 8192, 2 ** 28)
+        cupy.get_default_memory_pool().free_all_blocks()
+    return out
+
+
+def _ceilings(xp, clock, n, size):
+    import numpy
     a = xp.asarray(numpy.random.default_rng(0).random((n, n), dtype=numpy.float32))
     b = xp.asarray(numpy.random.default_rng(1).random((n, n), dtype=numpy.float32))
     c = xp.empty_like(a)
     ms = clock.time(lambda: xp.matmul(a, b, out=c), 10)
     out = {'gemm_tflops': 2 * n ** 3 / ms / 1e9}
     a = b = c = None
-    size = 2 ** 28 if gpu else 2 ** 24  # float32 elements: 1 GiB on a GPU
     src = xp.ones(size, numpy.float32)
     dst = xp.empty_like(src)
     ms = clock.time(lambda: xp.copyto(dst, src), 10)
     out['copy_gbs'] = 2 * src.nbytes / ms / 1e6
-    if gpu:
-        src = dst = None
-        import cupy
-        cupy.get_default_memory_pool().free_all_blocks()
     return out
 
 
@@ -610,17 +611,13 @@ def main():
     if args.worker:
         print(json.dumps(worker(args, args.worker)))
         return
-    gpu = args.gpu >= 0
     variants = [v for v in args.variants.split(',') if v]
     unknown = {n for v in variants for n in v.split('+')} - set(VARIANTS)
     if unknown:
         parser.error('unknown --variants {}; choose from {}'.format(
             ', '.join(sorted(unknown)), ', '.join(VARIANTS)))
     from bench_cpu import flop_per_image
-    if gpu:  # the ceilings on the GPU that the workers use
-        import cupy
-        cupy.cuda.Device(args.gpu).use()
-    report = {'machine': machine(args.gpu), 'ceilings': ceilings(gpu)}
+    report = {'machine': machine(args.gpu), 'ceilings': ceilings(args.gpu)}
     print('Machine: ' + json.dumps(report['machine']))
     c = report['ceilings']
     flop = flop_per_image()
@@ -650,7 +647,7 @@ def main():
     report['variants'] = results
     if not args.no_train_py:
         report['train_py'] = train_py_epoch(args)
-    if args.peer and gpu:
+    if args.peer and args.gpu >= 0:
         report['peer'] = {'eager': run_peer(args.peer, args.gpu, False),
                           'compile': run_peer(args.peer, args.gpu, True)}
 
