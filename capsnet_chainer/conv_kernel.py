@@ -118,15 +118,17 @@ def _activate(y, slope):
 def _activation_grad(gy, y, slope):
     """Gradient through :func:`_activate`, given its output ``y``.
 
-    Like :func:`chainer.functions.relu` (zero where ``y == 0``) for ``slope`` 0 and
-    :func:`chainer.functions.leaky_relu` (``gy`` where ``y == 0``) otherwise.
+    As Chainer's :func:`~chainer.functions.relu` (``slope`` 0) and
+    :func:`~chainer.functions.leaky_relu`: ``gy`` where ``y > 0``, ``slope * gy``
+    elsewhere, ``y == 0`` included (conv1 makes many exact zeros at initialization: an
+    image's blank patches under a zero bias).
     """
     xp = backend.get_array_module(y)
     if slope == 0:
         return gy * (y > 0)
     if 0 < slope <= 1:  # a factor of 1 or slope: several times faster than where()
-        return gy * xp.maximum(y >= 0, gy.dtype.type(slope))
-    return xp.where(y < 0, gy * gy.dtype.type(slope), gy)
+        return gy * xp.maximum(y > 0, gy.dtype.type(slope))
+    return xp.where(y > 0, gy, gy * gy.dtype.type(slope))
 
 
 class Convolution2DFunction(function_node.FunctionNode):

@@ -71,11 +71,18 @@ def test_convolution_gradients_pass_gradient_check(case, pieces, request):
                                   atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize('slope', [None, 0.05])
-def test_convolution_matches_chainer_gradients(slope, small_pieces):
+@pytest.mark.parametrize('blank', [False, True], ids=['random', 'blank'])
+@pytest.mark.parametrize('slope', [None, 0.0, 0.05, 1.5])
+def test_convolution_matches_chainer_gradients(slope, blank, small_pieces):
     """Gradients of x, W, b equal those of Chainer's convolution, and requesting only
-    some of them (as for conv1, whose input is data) gives the same values."""
+    some of them (as for conv1, whose input is data) gives the same values. ``blank``:
+    the top of each image is zero and the bias too, as for conv1 on an MNIST digit at
+    initialization, so that many outputs are exactly 0, where (leaky) ReLU's gradient
+    is ``slope * gy``."""
     x, W, b = conv_inputs(shape=(4, 11, 11, 3), ksize=(3, 3))
+    if blank:
+        x[:, :5] = 0  # output rows 0 and 1 see only zeros
+        b[:] = 0
     gy = numpy.random.randn(4, 5, 5, 5)
     grads = {}
     for name, fn in [('fast', lambda x, W, b: conv_kernel.convolution_2d(x, W, b, 2, slope)),
