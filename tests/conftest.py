@@ -16,8 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _mnist_dir():
     env = os.environ.get('CAPSNET_MNIST_DIR')
-    if env:
-        return env
+    if env:  # absolute: the tests run train.py and analyze.py in folders of their own
+        return os.path.abspath(env)
     guess = os.path.join(REPO, '..', 'shared', 'data', 'mnist')
     return guess if os.path.isdir(guess) else None
 

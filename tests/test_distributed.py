@@ -50,7 +50,10 @@ TIMEOUT = 240
 
 
 def mpi_env(**extra):
-    return dict(os.environ, PYTHONPATH=REPO, MPLBACKEND='Agg', **extra)
+    # Open MPI's mpiexec refuses to run as root (as in containers) without these two;
+    # MPICH's ignores them
+    return dict(os.environ, PYTHONPATH=REPO, MPLBACKEND='Agg', OMPI_ALLOW_RUN_AS_ROOT='1',
+                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', **extra)
 
 
 def run_mpi(n, args, cwd, timeout=TIMEOUT, env=None):
