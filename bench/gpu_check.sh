@@ -7,8 +7,9 @@
 #   bench/gpu_check.sh OUT [PHASE ...]      (default phases: tests bench analyze)
 #
 # Phases, run in the order given:
-#   tests       the whole suite but the slow tests, gpu tests included, on every core:
-#               OUT/tests.xml (JUnit: each test's outcome, skip reason and failure)
+#   tests       the whole suite but the slow tests, on $JOBS workers: the gpu tests
+#               first, OUT/tests_gpu.xml, then the rest, OUT/tests_rest.xml (JUnit: each
+#               test's outcome, skip reason and failure)
 #   bench       bench/bench_gpu.py for $VARIANTS, without train.py or the peer:
 #               OUT/bench.json
 #   peer        bench/bench_gpu.py's PyTorch peer alone ($PEER), eager and --compile
@@ -83,11 +84,17 @@ for phase in "${PHASES[@]}"; do
     log "phase $phase"
     case $phase in
     tests)
+        # The gpu tests first, in a report of their own: the rest of the suite takes
+        # minutes, and a call stopped at its limit still returns that report
         xdist=()
         $PY -c 'import xdist' 2>/dev/null && xdist=(-n "$JOBS")
-        $PY -m pytest -m "not slow" -q -rfEs -p no:cacheprovider "${xdist[@]}" \
-            --junitxml="$OUT/tests.xml" ${TESTS:-tests}
-        echo "pytest exit status $?"
+        parts=(tests_gpu gpu tests_rest "not slow and not gpu")
+        [ "$GPU" -lt 0 ] && parts=(tests_rest "not slow and not gpu")
+        for ((i = 0; i < ${#parts[@]}; i += 2)); do
+            $PY -m pytest -m "${parts[i + 1]}" -q -rfEs -p no:cacheprovider "${xdist[@]}" \
+                --junitxml="$OUT/${parts[i]}.xml" ${TESTS:-tests}
+            echo "pytest -m '${parts[i + 1]}' exit status $?"
+        done
         ;;
     bench)
         $PY bench/bench_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" --variants "$VARIANTS" \
