@@ -80,21 +80,23 @@ PYTHONPATH="bench${PYTHONPATH:+:$PYTHONPATH}" $PY -c \
 
 long_pid() { cat "$LONG_DIR/pid" 2>/dev/null; }
 
+# run_tests NAME MARKERS: the tests that MARKERS select, on $JOBS workers: OUT/NAME.xml
+run_tests() {
+    local xdist=()
+    $PY -c 'import xdist' 2>/dev/null && xdist=(-n "$JOBS")
+    $PY -m pytest -m "$2" -q -rfEs -p no:cacheprovider "${xdist[@]}" \
+        --junitxml="$OUT/$1.xml" ${TESTS:-tests}
+    echo "pytest -m '$2' exit status $?"
+}
+
 for phase in "${PHASES[@]}"; do
     log "phase $phase"
     case $phase in
     tests)
         # The gpu tests first, in a report of their own: the rest of the suite takes
         # minutes, and a call stopped at its limit still returns that report
-        xdist=()
-        $PY -c 'import xdist' 2>/dev/null && xdist=(-n "$JOBS")
-        parts=(tests_gpu gpu tests_rest "not slow and not gpu")
-        [ "$GPU" -lt 0 ] && parts=(tests_rest "not slow and not gpu")
-        for ((i = 0; i < ${#parts[@]}; i += 2)); do
-            $PY -m pytest -m "${parts[i + 1]}" -q -rfEs -p no:cacheprovider "${xdist[@]}" \
-                --junitxml="$OUT/${parts[i]}.xml" ${TESTS:-tests}
-            echo "pytest -m '${parts[i + 1]}' exit status $?"
-        done
+        [ "$GPU" -lt 0 ] || run_tests tests_gpu gpu
+        run_tests tests_rest "not slow and not gpu"
         ;;
     bench)
         $PY bench/bench_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" --variants "$VARIANTS" \
