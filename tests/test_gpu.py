@@ -9,6 +9,7 @@ with the CPU twice where there is no GPU.
 """
 
 import copy
+from types import SimpleNamespace
 
 import chainer
 import numpy
@@ -109,42 +110,80 @@ def test_plain_functions_double_backward_check_on_gpu(cupy_device):
 # 2. Training steps: the same weights and batches on two devices
 
 
-def training_losses(model, device, batches, alpha=1e-3):
-    """Runs Adam on ``model`` (moved to ``device``) over ``batches``; returns each
-    step's loss and the final weights, on the CPU."""
-    model.to_device(device)
-    optimizer = chainer.optimizers.Adam(alpha=alpha)
-    optimizer.setup(model)
-    reporter = chainer.Reporter()
-    reporter.add_observer('main', model)
-    losses = []
+def lockstep_training(models, devices, batches, alpha=1e-3):
+    """Adam on each of ``models`` (moved to its device) over ``batches``, in lockstep: at
+    each step every model computes its loss and gradients, then all update with the
+    first model's gradients. So all follow one trajectory, and each step compares the
+    devices from the same weights, rounding apart. Left to their own gradients they
+    drift apart: measured on the CPU, one ulp on the weights makes hundreds of the
+    decoder's weights differ by up to 8% of their array's largest after 5 steps (a ReLU
+    that rounding puts on the other side of 0 changes a row of the gradient, and Adam
+    makes that a step of ``alpha``).
+
+    Returns, for each model, ``(losses, grads, weights)``: each step's loss and
+    gradients, and the final weights, on the CPU.
+    """
+    runs = []
+    for model, device in zip(models, devices):
+        model.to_device(device)
+        optimizer = chainer.optimizers.Adam(alpha=alpha)
+        optimizer.setup(model)
+        reporter = chainer.Reporter()
+        reporter.add_observer('main', model)
+        runs.append(SimpleNamespace(model=model, device=device, optimizer=optimizer,
+                                    reporter=reporter, losses=[], grads=[]))
     for x, t in batches:
-        with reporter.scope({}):
-            loss = model(device.send(x), device.send(t))
-        model.cleargrads()
-        loss.backward()
-        optimizer.update()
-        losses.append(float(loss.array))
-    return losses, {name: to_cpu(p.array) for name, p in model.namedparams()}
+        for run in runs:
+            with run.reporter.scope({}):
+                loss = run.model(run.device.send(x), run.device.send(t))
+            run.model.cleargrads()
+            loss.backward()
+            run.losses.append(float(loss.array))
+            # copies: to_cpu passes NumPy arrays through, and p.grad is overwritten below
+            run.grads.append({name: to_cpu(p.grad).copy()
+                              for name, p in run.model.namedparams()})
+        for run in runs:
+            for name, p in run.model.namedparams():
+                p.grad[...] = run.device.send(runs[0].grads[-1][name])
+            run.optimizer.update()
+    return [(run.losses, run.grads,
+             {name: to_cpu(p.array) for name, p in run.model.namedparams()}) for run in runs]
 
 
-def assert_training_matches(device_a, device_b, mnist_dir, n_step=5, batchsize=16):
+def assert_arrays_close(want, got, what):
+    """Every array of ``got`` equals ``want``'s to ``rtol`` 1e-3 and ``atol`` 1e-4 of the
+    array's largest value; the message names every array that does not."""
+    bad = []
+    for name in want:
+        scale = float(numpy.abs(want[name]).max()) or 1.0
+        diff = numpy.abs(got[name] - want[name])
+        n_bad = int((diff > 1e-3 * numpy.abs(want[name]) + 1e-4 * scale).sum())
+        if n_bad:
+            bad.append('{} {}: {} of {} values differ, by up to {:.1e} of its largest'.format(
+                what, name, n_bad, diff.size, diff.max() / scale))
+    assert not bad, '\n'.join(bad)
+
+
+def assert_training_matches(device_a, device_b, mnist_dir, n_step=5, batchsize=16,
+                            fast_b=True):
+    """Adam steps in lockstep on two devices (``fast_b=False``: the second model runs
+    the plain equations): the same losses, gradients and weights to float32 tolerance."""
     train, _ = get_mnist(data_dir=mnist_dir, n_train=n_step * batchsize, n_test=1)
     x, t = chainer.dataset.concat_examples(train)
     batches = [(x[i:i + batchsize], t[i:i + batchsize])
                for i in range(0, len(t), batchsize)]
     model = CapsNet(reconstruct=True)
     twin = copy.deepcopy(model)
+    twin.fast_kernels = fast_b
     start = model.conv1.W.array.copy()
-    losses_a, weights_a = training_losses(model, device_a, batches)
-    losses_b, weights_b = training_losses(twin, device_b, batches)
+    (losses_a, grads_a, weights_a), (losses_b, grads_b, weights_b) = lockstep_training(
+        (model, twin), (device_a, device_b), batches)
     assert numpy.isfinite(losses_a).all()
     assert not numpy.allclose(weights_a['/conv1/W'], start, rtol=1e-3, atol=0)  # it trained
     numpy.testing.assert_allclose(losses_a, losses_b, rtol=1e-4)
-    for name in weights_a:
-        scale = float(numpy.abs(weights_a[name]).max()) or 1.0
-        numpy.testing.assert_allclose(weights_a[name], weights_b[name], rtol=1e-3,
-                                      atol=1e-4 * scale, err_msg=name)
+    for step, (want, got) in enumerate(zip(grads_a, grads_b), 1):
+        assert_arrays_close(want, got, 'gradient of step {}:'.format(step))
+    assert_arrays_close(weights_a, weights_b, 'weights:')
 
 
 def test_training_steps_match_across_devices_helper_on_the_cpu(mnist_dir):
@@ -152,10 +191,19 @@ def test_training_steps_match_across_devices_helper_on_the_cpu(mnist_dir):
                             mnist_dir, n_step=2)
 
 
+def test_training_steps_of_the_fast_kernels_match_the_plain_equations(mnist_dir):
+    """The helper's comparison on the CPU: the fast kernels against the plain equations
+    (Chainer's convolution), 2 steps on real digits, whose blank patches give conv1
+    exact zeros at initialization."""
+    assert_training_matches(chainer.get_device('@numpy'), chainer.get_device('@numpy'),
+                            mnist_dir, n_step=2, fast_b=False)
+
+
 @gpu
 def test_gpu_training_steps_match_the_cpu(cupy_device, mnist_dir):
     """5 Adam steps with reconstruction, from the same weights on the same 16-digit
-    batches: the losses agree to float32 tolerance."""
+    batches, in lockstep: the losses, gradients and weights agree to float32
+    tolerance."""
     assert_training_matches(chainer.get_device('@numpy'), cupy_device, mnist_dir)
 
 
