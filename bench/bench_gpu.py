@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_gpu.py -g 0 --data-dir DIR --peer ../shared/peers/torch_capsnet.py
-    python bench/bench_gpu.py -g 0 --variants default,conv-kernel --no-train-py
+    python bench/bench_gpu.py -g 0 --variants default,chainer-conv --no-train-py
 
 It prints, in float32 on one GPU:
 
@@ -49,14 +49,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-#: Variant name -> settings: ``fast_on_gpu`` (our convolution kernel on the GPU),
-#: ``check_finite`` (the non-finite check: two syncs per step), ``type_check``
-#: (Chainer's checks of every function's input types, on the host), ``env``
-#: (environment variables: ``CUPY_TF32=1`` lets cuBLAS round float32 products to TF32).
+#: Variant name -> settings: ``fast_on_gpu`` (our convolution kernel on the GPU, the
+#: default; ``False``: Chainer's im2col convolution), ``check_finite`` (the non-finite
+#: check: two syncs per step), ``type_check`` (Chainer's checks of every function's
+#: input types, on the host: ``'once'``, in the first update only, as ``train.py``
+#: does; ``'always'``; ``False``: never), ``env`` (environment variables:
+#: ``CUPY_TF32=1`` lets cuBLAS round float32 products to TF32).
 VARIANTS = {
     'default': {},
-    'conv-kernel': {'fast_on_gpu': True},
+    'chainer-conv': {'fast_on_gpu': False},
     'no-finite-check': {'check_finite': False},
+    'type-check-always': {'type_check': 'always'},
     'no-type-check': {'type_check': False},
     'tf32': {'env': {'CUPY_TF32': '1'}},
 }
@@ -64,7 +67,7 @@ VARIANTS = {
 
 def settings_of(variant):
     """The settings of ``variant``: a name of :data:`VARIANTS`, or several joined by
-    ``+`` (e.g. ``conv-kernel+no-type-check``)."""
+    ``+`` (e.g. ``no-finite-check+no-type-check``)."""
     settings = {'env': {}}
     for name in variant.split('+'):
         part = dict(VARIANTS[name])
@@ -247,8 +250,9 @@ def worker(args, variant):
     from capsnet_chainer.training import ConverterStateUpdater
 
     settings = settings_of(variant)
-    links.Convolution2D.fast_on_gpu = settings.get('fast_on_gpu', False)
-    chainer.config.type_check = settings.get('type_check', True)
+    links.Convolution2D.fast_on_gpu = settings.get('fast_on_gpu', True)
+    type_check = settings.get('type_check', 'once')
+    chainer.config.type_check = bool(type_check)
     gpu = args.gpu >= 0
     device = chainer.get_device('@cupy:{}'.format(args.gpu) if gpu else '@numpy')
     device.use()
@@ -262,7 +266,8 @@ def worker(args, variant):
     train_iter = SeededShuffleIterator(data.train, BATCH, args.seed)
     updater = ConverterStateUpdater(train_iter, optimizer, converter=data.converter,
                                     device=device,
-                                    check_finite=settings.get('check_finite', True))
+                                    check_finite=settings.get('check_finite', True),
+                                    check_types_once=type_check == 'once')
     test_iter = SerialIterator(data.test, TEST_BATCH, repeat=False, shuffle=False)
     evaluator = distributed.evaluator(test_iter, model, device, None)
     # The Trainer's reporter: the model reports its loss and accuracy into it
@@ -333,6 +338,8 @@ def worker(args, variant):
     # behind busy work.
     if settings.get('check_finite', True):
         optimizer.remove_hook('NonFiniteCheck')
+    if type_check == 'once':
+        chainer.config.type_check = False  # as the updater after its first update
 
     def step():
         with reporter.scope({}):

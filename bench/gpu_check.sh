@@ -28,7 +28,7 @@
 #   CAPSNET_MNIST_DIR   MNIST's four .gz files (else Chainer's cache, filled from mirrors)
 #   WHEELS              a folder of wheels that pip installs without an index where
 #                       Chainer is missing (e.g. chainer-7.8.1-py3-none-any.whl)
-#   VARIANTS            bench_gpu.py --variants (default,conv-kernel)
+#   VARIANTS            bench_gpu.py --variants (default,chainer-conv)
 #   PEER                the peer's torch_capsnet.py, for the peer phase
 #   LONG_DIR            (/tmp/capsnet_long)   LONG_ARGS  more train.py flags ('')
 #   DEADLINE_S          (540)                 JOBS       pytest-xdist workers (8)
@@ -49,7 +49,7 @@ for phase in "${PHASES[@]}"; do
     esac
 done
 GPU=${GPU:-0}
-VARIANTS=${VARIANTS:-default,conv-kernel}
+VARIANTS=${VARIANTS:-default,chainer-conv}
 LONG_DIR=${LONG_DIR:-/tmp/capsnet_long}
 DEADLINE_S=${DEADLINE_S:-540}
 JOBS=${JOBS:-8}

@@ -39,11 +39,13 @@ class Convolution2D(L.Convolution2D):
 
     Attributes:
         fast (bool): Use the kernel where it applies (default ``True``).
-        fast_on_gpu (bool): Use it on CuPy arrays too (class-wide; default ``False``).
+        fast_on_gpu (bool): Use it on CuPy arrays too (class-wide; default ``True``:
+            on an H200 it takes an epoch from 8.1 to 5.7 s, README "GPU"; ``False``
+            gives Chainer's im2col convolution there).
     """
 
     fast = True
-    fast_on_gpu = False
+    fast_on_gpu = True
 
     def forward(self, x):
         """Args: x ``(B, C, H, W)``. Returns: ``(B, O, H', W')``, a view of channels-last

@@ -20,6 +20,7 @@ from chainer.backends.cuda import to_cpu
 from capsnet_chainer import CapsNet
 from capsnet_chainer import conv_kernel
 from capsnet_chainer import functions
+from capsnet_chainer import links
 from capsnet_chainer import prediction_kernel
 from capsnet_chainer import routing_kernels
 from capsnet_chainer.mnist import get_mnist
@@ -200,10 +201,13 @@ def test_training_steps_of_the_fast_kernels_match_the_plain_equations(mnist_dir)
 
 
 @gpu
-def test_gpu_training_steps_match_the_cpu(cupy_device, mnist_dir):
+@pytest.mark.parametrize('fast_on_gpu', [True, False], ids=['our-conv', 'chainer-conv'])
+def test_gpu_training_steps_match_the_cpu(cupy_device, mnist_dir, monkeypatch,
+                                          fast_on_gpu):
     """5 Adam steps with reconstruction, from the same weights on the same 16-digit
     batches, in lockstep: the losses, gradients and weights agree to float32
-    tolerance."""
+    tolerance, with either convolution on the GPU."""
+    monkeypatch.setattr(links.Convolution2D, 'fast_on_gpu', fast_on_gpu)
     assert_training_matches(chainer.get_device('@numpy'), cupy_device, mnist_dir)
 
 

@@ -75,4 +75,37 @@ def test_updater_without_check_finite_lets_a_nan_gradient_through():
     assert optimizer.t == 1 and numpy.isnan(model.fc.W.array).all()
 
 
+class _TypeCheckRecorder(chainer.Chain):
+    """A loss that records, at each call, whether Chainer's type checks are on."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.fc = L.Linear(2, 1)
+        self.type_checks = []
+
+    def forward(self, x, t):
+        self.type_checks.append(chainer.config.type_check)
+        return chainer.functions.sum(self.fc(x) ** 2)
+
+
+@pytest.mark.parametrize('once, config, want', [
+    (True, True, [True, False, False]),
+    (False, True, [True, True, True]),
+    (True, False, [False, False, False]),
+])
+def test_updater_type_checks_the_first_update_only(once, config, want):
+    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
+    model = _TypeCheckRecorder()
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer,
+                                    check_types_once=once)
+    with chainer.using_config('type_check', config):
+        for _ in range(3):
+            updater.update()
+        assert chainer.config.type_check is config  # restored after each update
+    assert model.type_checks == want
+
+
 testing.run_module(__name__, __file__)
