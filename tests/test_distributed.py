@@ -240,9 +240,13 @@ def test_two_processes_train_the_model_of_one(tmp_path, mnist_dir, shift):
         assert json.loads(str(npz['capsnet_chainer/meta']))['processes'] == 2
 
 
+#: The variable that holds a process's rank: MPICH's, Open MPI's, PMIx's
+RANK_VARIABLES = (b'PMI_RANK=', b'OMPI_COMM_WORLD_RANK=', b'PMIX_RANK=')
+
+
 def _rank_pid(tag, rank):
     """The pid of the train.py process of MPI rank ``rank`` whose environment holds
-    ``tag``."""
+    ``tag``, under MPICH or Open MPI."""
     for name in os.listdir('/proc'):
         if not name.isdigit():
             continue
@@ -254,7 +258,7 @@ def _rank_pid(tag, rank):
         except OSError:
             continue
         if (b'CAPSNET_TEST_TAG=' + tag.encode() in environ and b'train.py' in cmdline
-                and b'PMI_RANK=' + str(rank).encode() in environ):
+                and any(v + str(rank).encode() in environ for v in RANK_VARIABLES)):
             return int(name)
     return None
 
