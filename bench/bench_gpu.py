@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 #: Variant name -> settings: ``fast_on_gpu`` (our convolution kernel on the GPU, the
 #: default; ``False``: Chainer's im2col convolution), ``check_finite`` (the non-finite
-#: check: two syncs per step), ``type_check`` (Chainer's checks of every function's
+#: check: one sync per step), ``type_check`` (Chainer's checks of every function's
 #: input types, on the host: ``'once'``, in the first update only, as ``train.py``
 #: does; ``'always'``; ``False``: never), ``env`` (environment variables:
 #: ``CUPY_TF32=1`` lets cuBLAS round float32 products to TF32).

@@ -152,10 +152,13 @@ def get_device(gpu=-1, device=None):
 def describe_device(device):
     """One line naming ``device``; for a GPU, its name and CuPy, and whether cuDNN is used.
 
-    CuPy 14 has no cuDNN: Chainer then runs convolutions through im2col and a matrix
-    product, which is expected (see :mod:`capsnet_chainer.compat`), so this says so
-    once instead of Chainer's warning.
+    CuPy 14 has no cuDNN: our convolution kernel then runs the model's (valid)
+    convolutions, and Chainer runs others (and all of them without
+    ``Convolution2D.fast_on_gpu``) through im2col and a matrix product, which is
+    expected (see :mod:`capsnet_chainer.compat`), so this says so once instead of
+    Chainer's warning.
     """
+    from capsnet_chainer.links import Convolution2D
     xp = getattr(device, 'xp', None)
     from chainer.backends import cuda
     if not cuda.available or xp is not cuda.cupy:
@@ -167,8 +170,13 @@ def describe_device(device):
         name = name.decode() if isinstance(name, bytes) else str(name)
     except Exception:  # an unusual driver: the name is only for the user's eyes
         name = 'GPU'
-    conv = ('cuDNN' if cuda.cudnn_enabled
-            else 'no cuDNN in this CuPy: convolutions run as im2col + matrix products')
+    if cuda.cudnn_enabled:
+        conv = 'cuDNN'
+    elif Convolution2D.fast_on_gpu:
+        conv = ('no cuDNN in this CuPy: valid convolutions run as our kernel, others as '
+                'im2col + matrix products')
+    else:
+        conv = 'no cuDNN in this CuPy: convolutions run as im2col + matrix products'
     return '{} ({}, CuPy {}; {})'.format(device, name, cupy.__version__, conv)
 
 

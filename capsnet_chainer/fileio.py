@@ -3,6 +3,7 @@
 import hashlib
 import os
 import tempfile
+import threading
 
 
 def write_atomic(path, write):
@@ -55,3 +56,68 @@ def file_sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b''):
             h.update(chunk)
     return h.hexdigest()
+
+
+class BackgroundWriter(object):
+    """:func:`write_atomic` on threads, one write after another in the order submitted,
+    while the caller goes on: training need not wait while a snapshot or a model is
+    compressed and flushed to disk (on a GPU, seconds of an epoch of ten).
+
+    Each write runs on a thread of its own that first waits for the one before. The
+    threads are not daemons: a process that ends, by an error or Ctrl-C, first completes
+    what was submitted; a process that is killed leaves at most a temporary file, as a
+    killed :func:`write_atomic` does. The error of a write is raised by the next
+    :meth:`submit`, :meth:`check` or :meth:`wait`; the writes queued after it are
+    dropped.
+
+    Args:
+        name (str): The threads' name.
+    """
+
+    def __init__(self, name='writer'):
+        self.name = name
+        self._thread = None
+        self._error = None
+
+    def submit(self, path, write, then=None, error=None):
+        """Queues ``write_atomic(path, write)``, then ``then()``.
+
+        Args:
+            path (str): The file to write.
+            write (callable): ``write(file)``; it must only read data of its own (copies
+                of anything that the caller goes on changing).
+            then (callable): Runs after the file is in place (e.g. a clean-up).
+            error (callable): Maps an ``OSError`` of the write to the exception raised.
+        """
+        self.check()
+        previous = self._thread
+
+        def run():
+            if previous is not None:
+                previous.join()
+            if self._error is not None:
+                return  # an earlier write failed: nothing after it
+            try:
+                write_atomic(path, write)
+                if then is not None:
+                    then()
+            except OSError as e:
+                self._error = error(e) if error is not None else e
+            except BaseException as e:
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name=self.name)
+        self._thread.start()
+
+    def check(self):
+        """Raises the error of a write that failed, once."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def wait(self):
+        """Blocks until every submitted write is done; then :meth:`check`."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.check()

@@ -33,15 +33,16 @@ class Convolution2D(L.Convolution2D):
     those of the parent class, so model files are unchanged. Valid (unpadded),
     undilated, ungrouped convolutions run as
     :func:`~capsnet_chainer.conv_kernel.convolution_2d` (on a GPU only with
-    :attr:`fast_on_gpu`); others, and all of them when :attr:`fast` is ``False``, fall
-    back to the parent's code (on a GPU without cuDNN, as with CuPy 14: im2col and a
-    matrix product).
+    :attr:`fast_on_gpu` and without cuDNN); others, and all of them when :attr:`fast`
+    is ``False``, fall back to the parent's code (on a GPU without cuDNN, as with CuPy
+    14: im2col and a matrix product).
 
     Attributes:
         fast (bool): Use the kernel where it applies (default ``True``).
-        fast_on_gpu (bool): Use it on CuPy arrays too (class-wide; default ``True``:
-            on an H200 it takes an epoch from 8.1 to 5.7 s, README "GPU"; ``False``
-            gives Chainer's im2col convolution there).
+        fast_on_gpu (bool): Use it on CuPy arrays too where Chainer has no cuDNN (as
+            with CuPy 14), class-wide; default ``True``: on an H200 it takes an epoch
+            from 8.1 to 5.7 s (README, "GPU"); ``False`` gives Chainer's im2col
+            convolution there.
     """
 
     fast = True
@@ -76,7 +77,9 @@ class Convolution2D(L.Convolution2D):
         return conv_kernel.convolution_2d(x, self.W, self.b, self.stride, slope)
 
     def _fast(self):
-        return (self.fast and (self.xp is numpy or self.fast_on_gpu)
+        # On a GPU only without cuDNN (CuPy 14): where Chainer has it, cuDNN convolves
+        on_gpu = self.fast_on_gpu and not chainer.should_use_cudnn('>=auto')
+        return (self.fast and (self.xp is numpy or on_gpu)
                 and tuple(self.pad) == (0, 0)
                 and tuple(self.dilate) == (1, 1) and self.groups == 1)
 

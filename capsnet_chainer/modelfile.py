@@ -68,12 +68,23 @@ def save_model(model, path, meta=None):
     the configuration that rebuilds the network, and ``meta`` (provenance). A crash
     mid-write leaves any previous file at ``path`` intact.
     """
+    write_atomic(path, model_file_writer(model_arrays(model, meta)))
+
+
+def model_arrays(model, meta=None):
+    """The arrays of :func:`save_model`'s file, as copies on the CPU (a later update of
+    the model leaves them as they are)."""
     serializer = chainer.serializers.DictionarySerializer()
     serializer.save(model)
-    arrays = dict(serializer.target)
+    arrays = {key: numpy.array(value) for key, value in serializer.target.items()}
     arrays[CONFIG_KEY] = numpy.array(json.dumps(model.config))
     arrays[META_KEY] = numpy.array(json.dumps(meta or {}))
-    write_atomic(path, lambda f: numpy.savez_compressed(f, **arrays))
+    return arrays
+
+
+def model_file_writer(arrays):
+    """``write(file)`` of a model file of :func:`model_arrays`' ``arrays``."""
+    return lambda f: numpy.savez_compressed(f, **arrays)
 
 
 #: The configuration assumed for a reference model file: the reference's own network.

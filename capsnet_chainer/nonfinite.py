@@ -1,10 +1,12 @@
 """The non-finite check: a NaN or infinite loss, gradient or weight stops training.
 
 :class:`NonFiniteCheck` is an optimizer hook that Chainer calls between the backward
-pass and the update (``timing='pre'``), and :func:`finite_loss` wraps the loss function
-the updater calls, so that a diverged step never reaches the weights, a snapshot or the
-best model. Both name the epoch and iteration from the optimizer's own counts
-(``epoch``, updates ``t``), which a resumed run restores.
+pass and the update (``timing='pre'``); :meth:`NonFiniteCheck.watch` wraps the loss
+function the updater calls, so that the hook sees the loss too. One float64 sum of the
+loss and every gradient, one device sync per step, tells a finite step; a diverged step
+never reaches the weights, a snapshot or the best model. The error names the epoch and
+iteration from the optimizer's own counts (``epoch``, updates ``t``), which a resumed
+run restores.
 """
 
 import chainer
@@ -56,28 +58,38 @@ def _position(optimizer):
 
 
 class NonFiniteCheck(object):
-    """Optimizer hook: raises :class:`NonFiniteError` before an update from non-finite
-    gradients. Register it with ``optimizer.add_hook(NonFiniteCheck(), timing='pre')``.
+    """Optimizer hook: raises :class:`NonFiniteError` before an update from a non-finite
+    loss or gradients. Register it with ``optimizer.add_hook(NonFiniteCheck(),
+    timing='pre')``, and pass the updater ``check.watch(loss_func)`` so that it checks
+    the loss as well (a NaN loss is named as such, not as the gradients it gave).
     """
 
     name = 'NonFiniteCheck'
     timing = 'pre'
     call_for_each_param = False
 
+    def __init__(self):
+        self.loss = None  # the array of the loss of the step in progress
+
+    def watch(self, loss_func):
+        """``loss_func`` that keeps the loss it returns for the check (no sync)."""
+
+        def watched(*args, **kwargs):
+            loss = loss_func(*args, **kwargs)
+            self.loss = loss.array
+            return loss
+        return watched
+
     def __call__(self, optimizer):
+        loss, self.loss = self.loss, None
+        grads = [p.grad for _, p in optimizer.target.namedparams() if p.grad is not None]
+        total = sum(g.sum(dtype=numpy.float64) for g in grads)
+        if loss is not None:
+            total = total + loss.sum(dtype=numpy.float64)
+        if numpy.isfinite(to_float(total)):  # the one sync
+            return
+        if loss is not None and not numpy.isfinite(to_float(loss)):
+            raise NonFiniteError('loss ({})'.format(to_float(loss)), *_position(optimizer))
         bad = first_non_finite(optimizer.target, 'grad')
         if bad is not None:
             raise NonFiniteError('gradient of {}'.format(bad), *_position(optimizer))
-
-
-def finite_loss(loss_func, optimizer):
-    """``loss_func`` that raises :class:`NonFiniteError` when the loss it returns is NaN
-    or infinite, before the backward pass (an optimizer hook cannot see the loss)."""
-
-    def checked(*args, **kwargs):
-        loss = loss_func(*args, **kwargs)
-        value = to_float(loss.array)
-        if not numpy.isfinite(value):
-            raise NonFiniteError('loss ({})'.format(value), *_position(optimizer))
-        return loss
-    return checked

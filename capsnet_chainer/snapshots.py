@@ -65,17 +65,23 @@ class Snapshot(training.Extension):
         every (int): Also snapshot every ``every`` iterations; 0 only at epoch ends.
         keep (int): Snapshots to keep.
         settings (dict): The run's settings (:func:`run_settings`).
+        writer (~capsnet_chainer.fileio.BackgroundWriter): Write on its thread, from a
+            copy of the trainer's state taken at the call (``None``: write at once);
+            the older snapshots are removed once the new one is in place.
     """
 
     trigger = (1, 'iteration')
     priority = -100  # after every other extension, as Chainer's snapshot
 
-    def __init__(self, every=0, keep=1, settings=None):
+    def __init__(self, every=0, keep=1, settings=None, writer=None):
         self.every = every
         self.keep = keep
         self.settings = dict(settings or {})
+        self.writer = writer
 
     def __call__(self, trainer):
+        if self.writer is not None:
+            self.writer.check()
         updater = trainer.updater
         if updater.is_new_epoch:
             name = EPOCH_SNAPSHOT.format(updater.epoch)
@@ -94,17 +100,36 @@ class Snapshot(training.Extension):
                                  updater.iteration)
         serializer = chainer.serializers.DictionarySerializer()
         serializer.save(trainer)
-        arrays = dict(serializer.target)
+        # copies: the serializer keeps NumPy arrays themselves, which training changes
+        arrays = {key: numpy.array(value) for key, value in serializer.target.items()}
         arrays[CONFIG_KEY] = numpy.array(json.dumps(getattr(model, 'config', {})))
         arrays[SETTINGS_KEY] = numpy.array(json.dumps(self.settings, sort_keys=True))
         path = os.path.join(trainer.out, name)
+        out, keep, iteration = trainer.out, self.keep, updater.iteration
+
+        def write(f):
+            numpy.savez(f, **arrays)
+
+        def error(e):
+            return OSError(e.errno, 'cannot write this snapshot ({}); the earlier '
+                           'snapshots are intact'.format(e.strerror), path)
+
+        def clean_up():
+            remove_old_snapshots(out, keep, iteration)
+
+        if self.writer is not None:
+            self.writer.submit(path, write, then=clean_up, error=error)
+            return path
         try:
-            write_atomic(path, lambda f: numpy.savez(f, **arrays))
+            write_atomic(path, write)
         except OSError as e:
-            raise OSError(e.errno, 'cannot write this snapshot ({}); the earlier snapshots '
-                          'are intact'.format(e.strerror), path) from None
-        remove_old_snapshots(trainer.out, self.keep, updater.iteration)
+            raise error(e) from None
+        clean_up()
         return path
+
+    def finalize(self):
+        if self.writer is not None:
+            self.writer.wait()
 
 
 # Snapshot files

@@ -8,7 +8,10 @@ examples do. Everything here serves two promises:
   extensions keep their state in the snapshot (:mod:`capsnet_chainer.snapshots`).
 * Nothing is half-written: snapshots, the log, the plots and the best model go to a
   temporary file that is renamed when complete, and a non-finite loss or gradient stops
-  the run before it can reach a snapshot (:mod:`capsnet_chainer.nonfinite`).
+  the run before it can reach a snapshot (:mod:`capsnet_chainer.nonfinite`). The
+  snapshots and the best model are written on a thread, in order, from copies taken
+  at the end of the epoch, while the next epoch trains
+  (:class:`~capsnet_chainer.fileio.BackgroundWriter`); the run ends once they are.
 """
 
 import io
@@ -23,9 +26,10 @@ from chainer.iterators import SerialIterator
 from chainer.training import extensions
 
 from capsnet_chainer import distributed
+from capsnet_chainer.fileio import BackgroundWriter
 from capsnet_chainer.fileio import write_atomic
-from capsnet_chainer.modelfile import save_model
-from capsnet_chainer.nonfinite import finite_loss
+from capsnet_chainer.modelfile import model_arrays
+from capsnet_chainer.modelfile import model_file_writer
 from capsnet_chainer.nonfinite import NonFiniteCheck
 from capsnet_chainer.nonfinite import to_float
 from capsnet_chainer.provenance import utc_now
@@ -48,11 +52,11 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
 
     Its snapshot state adds the converter's (the shift RNG's), the training dataset's
     where it has one (the pair sampler of MultiMNIST), NumPy's global generator and
-    Python's :mod:`random`. With ``check_finite`` it wraps the loss function in
-    :func:`~capsnet_chainer.nonfinite.finite_loss` and registers the optimizer hook
+    Python's :mod:`random`. With ``check_finite`` it registers the optimizer hook
     :class:`~capsnet_chainer.nonfinite.NonFiniteCheck`, which Chainer calls between the
-    backward pass and the update: a NaN or infinite loss or gradient raises
-    :class:`~capsnet_chainer.nonfinite.NonFiniteError` before it reaches the weights.
+    backward pass and the update, and lets it watch the loss: a NaN or infinite loss or
+    gradient raises :class:`~capsnet_chainer.nonfinite.NonFiniteError` before it
+    reaches the weights.
 
     With ``check_types_once``, Chainer's type checks (each function's checks of its
     inputs' dtypes and shapes, in Python) run in its first update only: every later step
@@ -62,7 +66,7 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
     ``chainer.config.type_check`` is off they never run.
 
     Args:
-        check_finite (bool): Check the loss and gradients (two device syncs per step).
+        check_finite (bool): Check the loss and gradients (one device sync per step).
         check_types_once (bool): Type-check the first update only (else every update,
             as ``chainer.config.type_check`` says).
         Others: As :class:`~chainer.training.updaters.StandardUpdater`.
@@ -71,8 +75,9 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
     def __init__(self, iterator, optimizer, check_finite=True, loss_func=None,
                  check_types_once=True, **kwargs):
         if check_finite:
-            loss_func = finite_loss(loss_func or optimizer.target, optimizer)
-            optimizer.add_hook(NonFiniteCheck(), timing='pre')
+            check = NonFiniteCheck()
+            loss_func = check.watch(loss_func or optimizer.target)
+            optimizer.add_hook(check, timing='pre')
         super().__init__(iterator, optimizer, loss_func=loss_func, **kwargs)
         self.check_finite = check_finite
         self.check_types_once = check_types_once
@@ -132,20 +137,29 @@ class BestModelSaver(training.Extension):
         key (str): The reported value to maximise.
         meta (dict): Provenance written with the model.
         sizes (dict): Accuracy keys to record beside ``key``, with their example counts.
+        writer (~capsnet_chainer.fileio.BackgroundWriter): Write on its thread, from a
+            copy of the parameters taken at the call (``None``: write at once). Share
+            it with the :class:`~capsnet_chainer.snapshots.Snapshot`: files then appear
+            in the order of the calls, so a snapshot's best score never gets ahead of
+            the model file.
     """
 
     trigger = (1, 'epoch')
     priority = training.PRIORITY_READER
 
-    def __init__(self, model, path, key=TEST_ACCURACY, meta=None, sizes=None):
+    def __init__(self, model, path, key=TEST_ACCURACY, meta=None, sizes=None,
+                 writer=None):
         self.model = model
         self.path = path
         self.key = key
         self.meta = dict(meta or {})
         self.sizes = dict(sizes or {})
+        self.writer = writer
         self.best = -numpy.inf
 
     def __call__(self, trainer):
+        if self.writer is not None:
+            self.writer.check()
         value = trainer.observation.get(self.key)
         if value is None:
             return
@@ -163,11 +177,22 @@ class BestModelSaver(training.Extension):
                         meta[key] = accuracy
                         if size:
                             meta[key + '_correct'] = int(round(accuracy * size))
+                write = model_file_writer(model_arrays(self.model, meta))
+                if self.writer is not None:
+                    self.writer.submit(self.path, write, error=self._error)
+                    return
                 try:
-                    save_model(self.model, self.path, meta)
+                    write_atomic(self.path, write)
                 except OSError as e:
-                    raise OSError(e.errno, 'cannot write the best model ({}); the previous '
-                                  'one is intact'.format(e.strerror), self.path) from None
+                    raise self._error(e) from None
+
+    def _error(self, e):
+        return OSError(e.errno, 'cannot write the best model ({}); the previous one is '
+                       'intact'.format(e.strerror), self.path)
+
+    def finalize(self):
+        if self.writer is not None:
+            self.writer.wait()
 
     def serialize(self, serializer):
         self.best = float(serializer('best', self.best))
@@ -342,8 +367,12 @@ def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch
             return trainer  # rank 0 alone logs, plots and writes
     key, rule = selection_rule(n_heldout)
     meta = dict(meta or {}, selection={'key': key, 'rule': rule})
-    trainer.extend(BestModelSaver(model, save, key=key, meta=meta, sizes=sizes))
-    trainer.extend(Snapshot(snapshot_every, keep, settings))
+    # The model files and snapshots are written on a thread, in order, while training
+    # goes on (on a GPU, seconds of every epoch)
+    writer = BackgroundWriter('capsnet-writer')
+    trainer.extend(BestModelSaver(model, save, key=key, meta=meta, sizes=sizes,
+                                  writer=writer))
+    trainer.extend(Snapshot(snapshot_every, keep, settings, writer=writer))
     trainer.extend(extensions.observe_value('alpha', lambda t: optimizer.alpha),
                    trigger=epoch_trigger)
     trainer.extend(AtomicLogReport(trigger=epoch_trigger), name='LogReport')

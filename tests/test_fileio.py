@@ -1,11 +1,17 @@
 import errno
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 from chainer import testing
 
+from capsnet_chainer.fileio import BackgroundWriter
 from capsnet_chainer.fileio import file_sha256
 from capsnet_chainer.fileio import write_atomic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_write_atomic_keeps_the_old_file_on_a_full_disk(tmp_path):
@@ -27,6 +33,75 @@ def test_file_sha256(tmp_path):
     path.write_bytes(b'abc')
     assert file_sha256(str(path)) == (
         'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad')
+
+
+def test_background_writer_writes_in_order_and_wait_waits(tmp_path):
+    writer = BackgroundWriter()
+    release = threading.Event()
+    events = []
+
+    def slow(f):
+        assert release.wait(10)
+        f.write(b'first')
+
+    writer.submit(str(tmp_path / 'a'), slow, then=lambda: events.append('a'))
+    writer.submit(str(tmp_path / 'b'), lambda f: f.write(b'second'),
+                  then=lambda: events.append(('b', (tmp_path / 'a').exists())))
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()  # not yet
+    release.set()
+    writer.wait()
+    assert (tmp_path / 'a').read_bytes() == b'first'
+    assert (tmp_path / 'b').read_bytes() == b'second'
+    assert events == ['a', ('b', True)]  # b after a was in place
+
+
+def test_background_writer_raises_a_failed_write_once_and_drops_the_rest(tmp_path):
+    path = tmp_path / 'best'
+    path.write_bytes(b'old model')
+
+    def fills_the_disk(f):
+        f.write(b'half of the new mod')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer = BackgroundWriter()
+    writer.submit(str(path), fills_the_disk,
+                  error=lambda e: OSError(e.errno, 'cannot write it', str(path)))
+    writer.submit(str(tmp_path / 'after'), lambda f: f.write(b'x'))
+    with pytest.raises(OSError, match='cannot write it') as e:
+        writer.wait()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert path.read_bytes() == b'old model'
+    assert sorted(os.listdir(str(tmp_path))) == ['best']  # no temporary file, no 'after'
+    writer.wait()  # raised once
+    writer.submit(str(tmp_path / 'later'), lambda f: f.write(b'y'))  # usable again
+    writer.wait()
+    assert (tmp_path / 'later').read_bytes() == b'y'
+
+
+def test_background_writer_raises_at_the_next_submit(tmp_path):
+    writer = BackgroundWriter()
+    writer.submit(str(tmp_path / 'dir' / 'missing' / 'f'), lambda f: f.write(b'x'))
+    writer._thread.join()
+    with pytest.raises(OSError):
+        writer.submit(str(tmp_path / 'g'), lambda f: f.write(b'y'))
+
+
+def test_a_process_that_fails_completes_its_background_writes(tmp_path):
+    """The writer's threads are not daemons: a process ending with an error still
+    writes whole what it submitted."""
+    code = (
+        'import time\n'
+        'from capsnet_chainer.fileio import BackgroundWriter\n'
+        'def slow(f):\n'
+        '    time.sleep(1)\n'
+        '    f.write(b"complete")\n'
+        'BackgroundWriter().submit({!r}, slow)\n'
+        'raise RuntimeError("training failed")\n').format(str(tmp_path / 'snapshot'))
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and 'training failed' in proc.stderr
+    assert (tmp_path / 'snapshot').read_bytes() == b'complete'
+    assert os.listdir(str(tmp_path)) == ['snapshot']
 
 
 testing.run_module(__name__, __file__)
