@@ -17,6 +17,10 @@
 #   analyze     analyze.py -g 0 --load models/capsnet_mnist.npz: OUT/analysis.tar.gz
 #   long-start  the used-by training command in the background (train.py -g 0 --save
 #               saved_model --reconstruct, with $LONG_ARGS) in $LONG_DIR
+#   hold        keeps the machine while that run trains (a call that ends hands the
+#               machine back after a short idle time), until $HOLD_S seconds after this
+#               script started or the run's end, then packs what it has so far, as
+#               long-finish does, without stopping it: call long-finish next, at once
 #   long-finish waits for it until $DEADLINE_S seconds after this script started, stops
 #               it (SIGTERM: every file it writes is whole), then packs its log, plots and
 #               console into OUT/long_result.tar.gz and its best model into 15 MiB parts,
@@ -32,6 +36,7 @@
 #   PEER                the peer's torch_capsnet.py, for the peer phase
 #   LONG_DIR            (/tmp/capsnet_long)   LONG_ARGS  more train.py flags ('')
 #   DEADLINE_S          (540)                 JOBS       pytest-xdist workers (8)
+#   HOLD_S              (570)
 #   TESTS               what the tests phase runs (tests)
 #   PYTHON              the interpreter (python3)
 set -uo pipefail
@@ -44,7 +49,7 @@ PHASES=("$@")
 [ ${#PHASES[@]} -gt 0 ] || PHASES=(tests bench analyze)
 for phase in "${PHASES[@]}"; do
     case $phase in
-    tests | bench | peer | trainpy | analyze | long-start | long-finish) ;;
+    tests | bench | peer | trainpy | analyze | long-start | hold | long-finish) ;;
     *) echo "unknown phase $phase: see the top of $0"; exit 2 ;;
     esac
 done
@@ -52,6 +57,7 @@ GPU=${GPU:-0}
 VARIANTS=${VARIANTS:-default,chainer-conv}
 LONG_DIR=${LONG_DIR:-/tmp/capsnet_long}
 DEADLINE_S=${DEADLINE_S:-540}
+HOLD_S=${HOLD_S:-570}
 JOBS=${JOBS:-8}
 PY=${PYTHON:-python3}
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
@@ -79,6 +85,17 @@ PYTHONPATH="bench${PYTHONPATH:+:$PYTHONPATH}" $PY -c \
 }
 
 long_pid() { cat "$LONG_DIR/pid" 2>/dev/null; }
+
+# pack_long: the long run's console, log and plots, and its best model in 15 MiB parts
+pack_long() {
+    tail -n 5 "$LONG_DIR/console.txt"
+    tar -czf "$OUT/long_result.tar.gz" -C "$LONG_DIR" console.txt \
+        $(cd "$LONG_DIR" && ls result/log result/*.png 2>/dev/null)
+    if [ -f "$LONG_DIR/saved_model" ]; then
+        sha256sum "$LONG_DIR/saved_model"
+        split -b 15M "$LONG_DIR/saved_model" "$OUT/long_model.part_"
+    fi
+}
 
 # run_tests NAME MARKERS: the tests that MARKERS select, on $JOBS workers: OUT/NAME.xml
 run_tests() {
@@ -139,13 +156,16 @@ for phase in "${PHASES[@]}"; do
             kill -TERM "$pid"
             while kill -0 "$pid" 2>/dev/null; do sleep 1; done
         fi
-        tail -n 5 "$LONG_DIR/console.txt"
-        tar -czf "$OUT/long_result.tar.gz" -C "$LONG_DIR" console.txt \
-            $(cd "$LONG_DIR" && ls result/log result/*.png 2>/dev/null)
-        if [ -f "$LONG_DIR/saved_model" ]; then
-            sha256sum "$LONG_DIR/saved_model"
-            split -b 15M "$LONG_DIR/saved_model" "$OUT/long_model.part_"
-        fi
+        pack_long
+        ;;
+    hold)
+        pid=$(long_pid)
+        [ -n "$pid" ] || { echo "no long run in $LONG_DIR"; continue; }
+        while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - START)) -lt "$HOLD_S" ]; do
+            sleep 5
+        done
+        log "the long run so far (still going: call long-finish now)"
+        pack_long
         ;;
     esac
 done
