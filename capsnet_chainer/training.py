@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+import time
 
 import chainer
 import numpy
@@ -82,14 +83,18 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
         self.check_finite = check_finite
         self.check_types_once = check_types_once
         self._types_checked = False  # not in the snapshot: a resumed run checks again
+        #: Seconds spent in updates so far (for :class:`EpochTimes`; not in the snapshot)
+        self.update_seconds = 0.0
 
     def update_core(self):
+        start = time.perf_counter()
         if self.check_types_once and self._types_checked:
             with chainer.using_config('type_check', False):
                 super().update_core()
         else:
             super().update_core()
             self._types_checked = True
+        self.update_seconds += time.perf_counter() - start
 
     def serialize(self, serializer):
         super().serialize(serializer)
@@ -120,6 +125,31 @@ class EpochLimit(object):
 
     def get_training_length(self):
         return self.n_epoch, 'epoch'
+
+
+class EpochTimes(training.Extension):
+    """Reports, once an epoch, where its wall time went: ``time/updates``, the seconds in
+    the updater (batches, forward, backward, the non-finite check and Adam's update; on
+    a GPU up to the check's sync in each step), and ``time/rest``, every other second
+    since the previous report (the evaluations of this epoch; the log, plots, model
+    file and snapshot of the previous one; the progress bar). They go to the log, not
+    to the snapshot: after a resume the first epoch counts from the resume.
+    """
+
+    trigger = (1, 'epoch')
+    #: After the evaluators (and the ranks' mean), before the log reads the epoch
+    priority = (training.PRIORITY_EDITOR + training.PRIORITY_READER) // 2
+
+    def initialize(self, trainer):
+        self._start = time.perf_counter()
+        self._updates = trainer.updater.update_seconds
+
+    def __call__(self, trainer):
+        now = time.perf_counter()
+        updates = trainer.updater.update_seconds - self._updates
+        chainer.report({'time/updates': round(updates, 3),
+                        'time/rest': round(now - self._start - updates, 3)})
+        self._start, self._updates = now, trainer.updater.update_seconds
 
 
 class BestModelSaver(training.Extension):
@@ -373,6 +403,7 @@ def build_trainer(model, train, test, device, converter, *, batchsize=256, epoch
     trainer.extend(BestModelSaver(model, save, key=key, meta=meta, sizes=sizes,
                                   writer=writer))
     trainer.extend(Snapshot(snapshot_every, keep, settings, writer=writer))
+    trainer.extend(EpochTimes())
     trainer.extend(extensions.observe_value('alpha', lambda t: optimizer.alpha),
                    trigger=epoch_trigger)
     trainer.extend(AtomicLogReport(trigger=epoch_trigger), name='LogReport')

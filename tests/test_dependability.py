@@ -63,7 +63,9 @@ def output(cwd, name):
 
 
 def without_time(log):
-    return [{k: v for k, v in entry.items() if k != 'elapsed_time'} for entry in log]
+    """The log without its clock: ``elapsed_time`` and ``time/...`` (EpochTimes)."""
+    return [{k: v for k, v in entry.items()
+             if k != 'elapsed_time' and not k.startswith('time/')} for entry in log]
 
 
 def run_state(folder, snapshot=FINAL_SNAPSHOT):
