@@ -158,9 +158,9 @@ def describe_device(device):
     expected (see :mod:`capsnet_chainer.compat`), so this says so once instead of
     Chainer's warning.
     """
+    from chainer.backends import cuda
     from capsnet_chainer.links import Convolution2D
     xp = getattr(device, 'xp', None)
-    from chainer.backends import cuda
     if not cuda.available or xp is not cuda.cupy:
         return str(device)
     cupy = cuda.cupy

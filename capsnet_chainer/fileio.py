@@ -98,11 +98,7 @@ class BackgroundWriter(object):
             if self._error is not None:
                 return  # an earlier write failed: nothing after it
             try:
-                write_atomic(path, write)
-                if then is not None:
-                    then()
-            except OSError as e:
-                self._error = error(e) if error is not None else e
+                ImmediateWriter().submit(path, write, then, error)
             except BaseException as e:
                 self._error = e
 
@@ -121,3 +117,26 @@ class BackgroundWriter(object):
             self._thread.join()
             self._thread = None
         self.check()
+
+
+class ImmediateWriter(object):
+    """:class:`BackgroundWriter`'s interface, writing at once in the caller's thread:
+    :meth:`submit` raises the error itself, and there is nothing to wait for."""
+
+    def submit(self, path, write, then=None, error=None):
+        """``write_atomic(path, write)``, then ``then()``; an ``OSError`` of the write
+        raised as ``error(e)`` where ``error`` is given."""
+        try:
+            write_atomic(path, write)
+        except OSError as e:
+            if error is None:
+                raise
+            raise error(e) from None
+        if then is not None:
+            then()
+
+    def check(self):
+        pass
+
+    def wait(self):
+        pass

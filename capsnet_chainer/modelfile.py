@@ -71,12 +71,17 @@ def save_model(model, path, meta=None):
     write_atomic(path, model_file_writer(model_arrays(model, meta)))
 
 
-def model_arrays(model, meta=None):
-    """The arrays of :func:`save_model`'s file, as copies on the CPU (a later update of
-    the model leaves them as they are)."""
+def serialized_arrays(obj):
+    """``obj`` (a link, a trainer) through Chainer's ``DictionarySerializer``, as copies
+    on the CPU: the serializer keeps NumPy arrays themselves, which training changes."""
     serializer = chainer.serializers.DictionarySerializer()
-    serializer.save(model)
-    arrays = {key: numpy.array(value) for key, value in serializer.target.items()}
+    serializer.save(obj)
+    return {key: numpy.array(value) for key, value in serializer.target.items()}
+
+
+def model_arrays(model, meta=None):
+    """The arrays of :func:`save_model`'s file (copies: see :func:`serialized_arrays`)."""
+    arrays = serialized_arrays(model)
     arrays[CONFIG_KEY] = numpy.array(json.dumps(model.config))
     arrays[META_KEY] = numpy.array(json.dumps(meta or {}))
     return arrays

@@ -16,13 +16,14 @@ import chainer
 import numpy
 from chainer import training
 
-from capsnet_chainer.fileio import write_atomic
+from capsnet_chainer.fileio import ImmediateWriter
 from capsnet_chainer.modelfile import CONFIG_KEY
 from capsnet_chainer.modelfile import inspect_model_file
 from capsnet_chainer.modelfile import ModelFileError
 from capsnet_chainer.modelfile import non_finite_error
 from capsnet_chainer.modelfile import open_npz
 from capsnet_chainer.modelfile import read_array
+from capsnet_chainer.modelfile import serialized_arrays
 from capsnet_chainer.nonfinite import first_non_finite
 from capsnet_chainer.nonfinite import NonFiniteError
 
@@ -77,11 +78,10 @@ class Snapshot(training.Extension):
         self.every = every
         self.keep = keep
         self.settings = dict(settings or {})
-        self.writer = writer
+        self.writer = writer or ImmediateWriter()
 
     def __call__(self, trainer):
-        if self.writer is not None:
-            self.writer.check()
+        self.writer.check()
         updater = trainer.updater
         if updater.is_new_epoch:
             name = EPOCH_SNAPSHOT.format(updater.epoch)
@@ -98,10 +98,7 @@ class Snapshot(training.Extension):
         if bad is not None:
             raise NonFiniteError('weights in {}'.format(bad), updater.epoch,
                                  updater.iteration)
-        serializer = chainer.serializers.DictionarySerializer()
-        serializer.save(trainer)
-        # copies: the serializer keeps NumPy arrays themselves, which training changes
-        arrays = {key: numpy.array(value) for key, value in serializer.target.items()}
+        arrays = serialized_arrays(trainer)
         arrays[CONFIG_KEY] = numpy.array(json.dumps(getattr(model, 'config', {})))
         arrays[SETTINGS_KEY] = numpy.array(json.dumps(self.settings, sort_keys=True))
         path = os.path.join(trainer.out, name)
@@ -117,19 +114,11 @@ class Snapshot(training.Extension):
         def clean_up():
             remove_old_snapshots(out, keep, iteration)
 
-        if self.writer is not None:
-            self.writer.submit(path, write, then=clean_up, error=error)
-            return path
-        try:
-            write_atomic(path, write)
-        except OSError as e:
-            raise error(e) from None
-        clean_up()
+        self.writer.submit(path, write, then=clean_up, error=error)
         return path
 
     def finalize(self):
-        if self.writer is not None:
-            self.writer.wait()
+        self.writer.wait()
 
 
 # Snapshot files

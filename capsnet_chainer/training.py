@@ -28,6 +28,7 @@ from chainer.training import extensions
 
 from capsnet_chainer import distributed
 from capsnet_chainer.fileio import BackgroundWriter
+from capsnet_chainer.fileio import ImmediateWriter
 from capsnet_chainer.fileio import write_atomic
 from capsnet_chainer.modelfile import model_arrays
 from capsnet_chainer.modelfile import model_file_writer
@@ -184,12 +185,11 @@ class BestModelSaver(training.Extension):
         self.key = key
         self.meta = dict(meta or {})
         self.sizes = dict(sizes or {})
-        self.writer = writer
+        self.writer = writer or ImmediateWriter()
         self.best = -numpy.inf
 
     def __call__(self, trainer):
-        if self.writer is not None:
-            self.writer.check()
+        self.writer.check()
         value = trainer.observation.get(self.key)
         if value is None:
             return
@@ -207,22 +207,16 @@ class BestModelSaver(training.Extension):
                         meta[key] = accuracy
                         if size:
                             meta[key + '_correct'] = int(round(accuracy * size))
-                write = model_file_writer(model_arrays(self.model, meta))
-                if self.writer is not None:
-                    self.writer.submit(self.path, write, error=self._error)
-                    return
-                try:
-                    write_atomic(self.path, write)
-                except OSError as e:
-                    raise self._error(e) from None
+                self.writer.submit(self.path,
+                                   model_file_writer(model_arrays(self.model, meta)),
+                                   error=self._error)
 
     def _error(self, e):
         return OSError(e.errno, 'cannot write the best model ({}); the previous one is '
                        'intact'.format(e.strerror), self.path)
 
     def finalize(self):
-        if self.writer is not None:
-            self.writer.wait()
+        self.writer.wait()
 
     def serialize(self, serializer):
         self.best = float(serializer('best', self.best))
