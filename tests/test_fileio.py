@@ -9,18 +9,21 @@ from chainer import testing
 
 from capsnet_chainer.fileio import BackgroundWriter
 from capsnet_chainer.fileio import file_sha256
+from capsnet_chainer.fileio import ImmediateWriter
 from capsnet_chainer.fileio import write_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def fills_the_disk(f):
+    """A ``write`` that stops half-way with a full disk."""
+    f.write(b'half of the new mod')
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 def test_write_atomic_keeps_the_old_file_on_a_full_disk(tmp_path):
     path = tmp_path / 'best'
     path.write_bytes(b'old model')
-
-    def fills_the_disk(f):
-        f.write(b'half of the new mod')
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     with pytest.raises(OSError) as e:
         write_atomic(str(path), fills_the_disk)
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
@@ -58,11 +61,6 @@ def test_background_writer_writes_in_order_and_wait_waits(tmp_path):
 def test_background_writer_raises_a_failed_write_once_and_drops_the_rest(tmp_path):
     path = tmp_path / 'best'
     path.write_bytes(b'old model')
-
-    def fills_the_disk(f):
-        f.write(b'half of the new mod')
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
     writer = BackgroundWriter()
     writer.submit(str(path), fills_the_disk,
                   error=lambda e: OSError(e.errno, 'cannot write it', str(path)))
@@ -76,6 +74,17 @@ def test_background_writer_raises_a_failed_write_once_and_drops_the_rest(tmp_pat
     writer.submit(str(tmp_path / 'later'), lambda f: f.write(b'y'))  # usable again
     writer.wait()
     assert (tmp_path / 'later').read_bytes() == b'y'
+
+
+def test_immediate_writer_writes_and_raises_at_once(tmp_path):
+    writer = ImmediateWriter()
+    events = []
+    writer.submit(str(tmp_path / 'a'), lambda f: f.write(b'x'), then=lambda: events.append(1))
+    assert (tmp_path / 'a').read_bytes() == b'x' and events == [1]
+    with pytest.raises(OSError, match='cannot write it'):
+        writer.submit(str(tmp_path / 'a'), fills_the_disk,
+                      error=lambda e: OSError(e.errno, 'cannot write it'))
+    assert (tmp_path / 'a').read_bytes() == b'x'
 
 
 def test_background_writer_raises_at_the_next_submit(tmp_path):

@@ -13,52 +13,61 @@ from capsnet_chainer.training import BestModelSaver
 from capsnet_chainer.training import ConverterStateUpdater
 
 
-class _SqrtLoss(chainer.Chain):
-    """A loss that is finite (0) while its gradient is not (d sqrt(x)/dx at 0)."""
+def _updater(model, n_data, **kwargs):
+    """Adam on ``model`` and an updater over ``n_data`` copies of one 2-vector, batch 2."""
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * n_data
+    return optimizer, ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer,
+                                            **kwargs)
 
-    def __init__(self):
+
+class _Loss(chainer.Chain):
+    """``sum(fc(x) ** 2)``, or a variant of it:
+
+    * ``sqrt``: ``sum(sqrt(fc(x) ** 2))`` from zero weights, a loss that is finite (0)
+      while its gradient is not (d sqrt(x)/dx at 0);
+    * ``nan_times`` at the second call: the loss times NaN (NaN gradients too);
+    * ``nan_plus``: the loss plus NaN, whose gradients are finite.
+
+    Records at each call whether Chainer's type checks are on.
+    """
+
+    def __init__(self, variant=None):
         super().__init__()
         with self.init_scope():
-            self.fc = L.Linear(2, 1, initialW=0, initial_bias=0)
+            if variant == 'sqrt':
+                self.fc = L.Linear(2, 1, initialW=0, initial_bias=0)
+            else:
+                self.fc = L.Linear(2, 1)
+        self.variant = variant
+        self.type_checks = []
 
     def forward(self, x, t):
-        return chainer.functions.sum(chainer.functions.sqrt(self.fc(x) ** 2))
+        self.type_checks.append(chainer.config.type_check)
+        h = self.fc(x) ** 2
+        if self.variant == 'sqrt':
+            return chainer.functions.sum(chainer.functions.sqrt(h))
+        loss = chainer.functions.sum(h)
+        if self.variant == 'nan_times' and len(self.type_checks) == 2:
+            return loss * numpy.float32('nan')
+        if self.variant == 'nan_plus':
+            return loss + numpy.float32('nan')
+        return loss
 
 
 def test_nan_gradient_raises_before_the_update():
-    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
-    model = _SqrtLoss()
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(model)
-    updater = ConverterStateUpdater(
-        SeededShuffleIterator(data, 2, 0), optimizer)
+    model = _Loss('sqrt')
+    optimizer, updater = _updater(model, 4)
     with pytest.raises(NonFiniteError) as e:
         updater.update()
     assert str(e.value) == 'non-finite gradient of fc/W at epoch 1, iteration 1'
     assert (model.fc.W.array == 0).all() and optimizer.t == 0  # not updated
 
 
-class _NanLoss(chainer.Chain):
-    """A loss that becomes NaN at the second call."""
-
-    def __init__(self):
-        super().__init__()
-        with self.init_scope():
-            self.fc = L.Linear(2, 1)
-        self.calls = 0
-
-    def forward(self, x, t):
-        self.calls += 1
-        loss = chainer.functions.sum(self.fc(x) ** 2)
-        return loss * numpy.float32('nan') if self.calls == 2 else loss
-
-
 def test_nan_loss_raises_naming_epoch_and_iteration_before_the_update():
-    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 2
-    model = _NanLoss()
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(model)
-    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer)
+    model = _Loss('nan_times')
+    optimizer, updater = _updater(model, 2)
     updater.update()  # iteration 1 ends epoch 1
     W = model.fc.W.array.copy()
     with pytest.raises(NonFiniteError) as e:
@@ -67,24 +76,9 @@ def test_nan_loss_raises_naming_epoch_and_iteration_before_the_update():
     assert (model.fc.W.array == W).all() and optimizer.t == 1
 
 
-class _NanConstantLoss(chainer.Chain):
-    """A NaN loss whose gradients are finite (a NaN constant added)."""
-
-    def __init__(self):
-        super().__init__()
-        with self.init_scope():
-            self.fc = L.Linear(2, 1)
-
-    def forward(self, x, t):
-        return chainer.functions.sum(self.fc(x) ** 2) + numpy.float32('nan')
-
-
 def test_nan_loss_with_finite_gradients_raises_before_the_update():
-    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 2
-    model = _NanConstantLoss()
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(model)
-    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer)
+    model = _Loss('nan_plus')
+    optimizer, updater = _updater(model, 2)
     W = model.fc.W.array.copy()
     with pytest.raises(NonFiniteError) as e:
         updater.update()
@@ -94,28 +88,10 @@ def test_nan_loss_with_finite_gradients_raises_before_the_update():
 
 
 def test_updater_without_check_finite_lets_a_nan_gradient_through():
-    model = _SqrtLoss()
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(model)
-    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
-    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer,
-                                    check_finite=False)
+    model = _Loss('sqrt')
+    optimizer, updater = _updater(model, 4, check_finite=False)
     updater.update()
     assert optimizer.t == 1 and numpy.isnan(model.fc.W.array).all()
-
-
-class _TypeCheckRecorder(chainer.Chain):
-    """A loss that records, at each call, whether Chainer's type checks are on."""
-
-    def __init__(self):
-        super().__init__()
-        with self.init_scope():
-            self.fc = L.Linear(2, 1)
-        self.type_checks = []
-
-    def forward(self, x, t):
-        self.type_checks.append(chainer.config.type_check)
-        return chainer.functions.sum(self.fc(x) ** 2)
 
 
 @pytest.mark.parametrize('once, config, want', [
@@ -124,12 +100,8 @@ class _TypeCheckRecorder(chainer.Chain):
     (True, False, [False, False, False]),
 ])
 def test_updater_type_checks_the_first_update_only(once, config, want):
-    data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * 4
-    model = _TypeCheckRecorder()
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(model)
-    updater = ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer,
-                                    check_types_once=once)
+    model = _Loss()
+    _, updater = _updater(model, 4, check_types_once=once)
     with chainer.using_config('type_check', config):
         for _ in range(3):
             updater.update()
