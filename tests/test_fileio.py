@@ -62,9 +62,16 @@ def test_background_writer_raises_a_failed_write_once_and_drops_the_rest(tmp_pat
     path = tmp_path / 'best'
     path.write_bytes(b'old model')
     writer = BackgroundWriter()
-    writer.submit(str(path), fills_the_disk,
+    release = threading.Event()
+
+    def fills_the_disk_once_released(f):  # still writing when 'after' is queued
+        assert release.wait(10)
+        fills_the_disk(f)
+
+    writer.submit(str(path), fills_the_disk_once_released,
                   error=lambda e: OSError(e.errno, 'cannot write it', str(path)))
     writer.submit(str(tmp_path / 'after'), lambda f: f.write(b'x'))
+    release.set()
     with pytest.raises(OSError, match='cannot write it') as e:
         writer.wait()
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
