@@ -92,6 +92,9 @@ def parse_args(argv=None):
                         help='misclassified test images to show in misclassified.png')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=metrics.BATCHSIZE,
                         help='images per forward pass when scoring')
+    parser.add_argument('--log', default=None, metavar='PATH',
+                        help="the log of the model's training run (train.py's OUT/log): "
+                             'also draws its error per epoch, test_error.png')
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -111,6 +114,49 @@ def load(path):
         return load_model(path)
     except ModelFileError as e:
         raise cli.CLIError('--load: {}'.format(' '.join(str(e).split()))) from None
+
+
+def read_log(path):
+    """The entries of a ``train.py`` log (``--log``), or a :class:`cli.CLIError` that
+    names the file and what is wrong with it."""
+    try:
+        with open(path, 'rb') as f:
+            log = json.loads(f.read().decode('utf-8'))
+    except OSError as e:
+        raise cli.CLIError('--log {}: cannot read it ({})'.format(path, e.strerror or e))
+    except ValueError as e:
+        raise cli.CLIError('--log {}: not a JSON file ({}); pass the log that train.py '
+                           'writes into its --out folder'.format(path, e))
+    if not (isinstance(log, list) and log
+            and all(isinstance(e, dict) and 'epoch' in e for e in log)):
+        raise cli.CLIError('--log {}: not a train.py log (a JSON list of entries, one per '
+                           'epoch, each with its "epoch")'.format(path))
+    try:
+        curves = figures.error_curves(log)
+    except TypeError:
+        raise cli.CLIError('--log {}: an accuracy in it is not a number'.format(path)) from None
+    if not curves:
+        raise cli.CLIError('--log {}: no accuracy in its entries ({}): nothing to '
+                           'plot'.format(path, ', '.join(k for k, _ in figures.ERROR_CURVES)))
+    return log
+
+
+def plot_log(log, meta, dataset, args):
+    """``test_error.png``: the error per epoch of ``--log``, the kept model marked, and
+    for MNIST the paper's and the reference's errors."""
+    selection = meta.get('selection', {}).get('key')
+    kept = (selection, meta['epoch']) if selection and 'epoch' in meta else None
+    if kept is not None:
+        entry = next((e for e in log if e['epoch'] == kept[1]), {})
+        if selection not in meta or abs(entry.get(selection, -1) - meta[selection]) > 1e-6:
+            print('warning: --log {}: its epoch {} does not record the {} {} of --load {}: '
+                  'is it the log of another run?'.format(
+                      args.log, kept[1], selection, meta.get(selection, '?'), args.load),
+                  file=sys.stderr)
+            kept = None
+    targets = figures.MNIST_ERRORS if dataset == 'mnist' else ()
+    save(figures.plot_error_curves(log, kept, targets), os.path.join(args.out,
+                                                                     'test_error.png'))
 
 
 def snapshot_dataset(path, meta):
@@ -149,8 +195,9 @@ def analyze(argv=None):
     device = cli.get_device(args.gpu, args.device)
     print('Device: {}'.format(cli.describe_device(device)))
 
-    # Load the model
+    # Load the model (and the log of its run: a bad one fails here, not after the scoring)
     model, meta = load(args.load)
+    log = read_log(args.log) if args.log else None
     sha256 = file_sha256(args.load)
     print('# model: {} (sha256 {}), epoch {}, test accuracy when saved {}'.format(
         args.load, sha256[:12], meta.get('epoch', '?'),
@@ -214,6 +261,8 @@ def analyze(argv=None):
     elif args.affnist_dir or args.n_transformed:
         raise cli.CLIError('--affnist-dir and --n-transformed apply to models of --dataset '
                            'affnist; this one is {}'.format(dataset), cli.EXIT_USAGE)
+    if log is not None:
+        plot_log(log, meta, dataset, args)
     results.update({
         'config': model.config,
         'selection': meta.get('selection', {'rule': 'not recorded in the model file'}),

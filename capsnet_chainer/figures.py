@@ -24,6 +24,7 @@ import sys
 import chainer
 import matplotlib.colors
 import matplotlib.figure
+import matplotlib.ticker
 import numpy
 from chainer import training
 
@@ -273,6 +274,81 @@ def plot_confusion(matrix, ax=None):
     accuracy = numpy.trace(matrix) / n_total if n_total else float('nan')
     ax.set_title('{} test images, accuracy {:.2%}'.format(n_total, accuracy))
     ax.figure.colorbar(image, ax=ax, label='fraction of the true digit')
+    return ax
+
+
+#: MNIST test errors to compare a run with, in percent: the paper's Table 1 (3 routing
+#: iterations, with reconstruction) and the reference implementation's (500 epochs).
+MNIST_ERRORS = (('paper (Table 1)', 0.25), ('reference implementation', 0.34))
+
+#: The accuracies of a ``train.py`` log that :func:`plot_error_curves` draws, with labels.
+ERROR_CURVES = (('main/accuracy', 'training (shifted images, mean over the epoch)'),
+                ('heldout/main/accuracy', 'held-out training images (--validation)'),
+                ('validation/main/accuracy', 'test'))
+
+
+def error_curves(log):
+    """The error per epoch, in percent, of each accuracy of a ``train.py`` log.
+
+    Args:
+        log (list of dict): The entries of ``train.py``'s ``OUT/log``.
+
+    Returns:
+        dict: ``{key: (epochs, errors)}`` for each key of :data:`ERROR_CURVES` that the
+        log has, in that order; ``errors`` is ``100 * (1 - accuracy)``.
+    """
+    curves = {}
+    for key, _ in ERROR_CURVES:
+        points = [(entry['epoch'], 100.0 * (1.0 - entry[key]))
+                  for entry in log if key in entry]
+        if points:
+            epochs, errors = zip(*points)
+            curves[key] = (numpy.array(epochs), numpy.array(errors))
+    return curves
+
+
+def plot_error_curves(log, kept=None, targets=(), ax=None):
+    """The training and test error per epoch of a ``train.py`` log, on a log scale.
+
+    Near 99% accuracy the accuracy curve is flat; the error on a log scale shows the
+    last tenths of a percent, and how far a run is from the paper's.
+
+    Args:
+        log (list of dict): The entries of ``train.py``'s ``OUT/log``.
+        kept (tuple): ``(key, epoch)`` of the model that ``--save`` kept, marked on
+            that curve; ``None``: no mark.
+        targets: ``(label, error in percent)`` pairs drawn as horizontal lines, e.g.
+            :data:`MNIST_ERRORS`.
+        ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
+
+    Returns:
+        ~matplotlib.axes.Axes: ``ax``. Its ``lines`` are the curves of
+        :func:`error_curves` in order, then the mark, then the targets.
+    """
+    if ax is None:
+        ax = matplotlib.figure.Figure(figsize=(7.5, 4.5), dpi=DPI).add_subplot(1, 1, 1)
+    labels = dict(ERROR_CURVES)
+    curves = error_curves(log)
+    for key, (epochs, errors) in curves.items():
+        ax.plot(epochs, errors, label=labels[key], linewidth=1,
+                linestyle='--' if key == 'main/accuracy' else '-')
+    if kept is not None and kept[0] in curves:
+        epochs, errors = curves[kept[0]]
+        hit = numpy.flatnonzero(epochs == kept[1])
+        if len(hit):
+            error = errors[hit[0]]
+            ax.plot([kept[1]], [error], 'o', color='black',
+                    label='the kept model: epoch {}, {:.2f}%'.format(kept[1], error))
+    for (label, error), color in zip(targets, ('tab:red', 'tab:purple', 'tab:brown')):
+        ax.axhline(error, color=color, linestyle=':', linewidth=1.5,
+                   label='{}: {:.2f}%'.format(label, error))
+    ax.set_yscale('log')
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('error (%)')
+    ax.grid(True, which='both', alpha=0.4)
+    if ax.lines:
+        ax.legend(fontsize='small')
     return ax
 
 

@@ -53,8 +53,8 @@ def analyzed(trained_run, mnist_dir, tmp_path_factory):
     """analyze.py run on the trained model, on the first N_TEST test images."""
     folder = tmp_path_factory.mktemp('analyze')
     proc = run_analyze(['--load', trained_run['model'], '--data-dir', mnist_dir,
-                        '--n-test', str(N_TEST), '--top-k', str(TOP_K), '-o', 'out'],
-                       folder)
+                        '--n-test', str(N_TEST), '--top-k', str(TOP_K), '-o', 'out',
+                        '--log', os.path.join(trained_run['out'], 'log')], folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = folder / 'out'
     with open(str(out / 'metrics.json')) as f:
@@ -72,7 +72,7 @@ def untrained_model(tmp_path_factory):
 
 def test_writes_every_file(analyzed):
     out, proc = analyzed['out'], analyzed['proc']
-    assert sorted(os.listdir(str(out))) == ALL_FILES
+    assert sorted(os.listdir(str(out))) == sorted(ALL_FILES + ['test_error.png'])  # --log
     for name in ALL_FILES:
         if name != 'args.json':
             assert 'wrote {}'.format(os.path.join('out', name)) in proc.stdout
@@ -156,6 +156,43 @@ def test_paper_perturbation_and_untrained_decoder(untrained_model, mnist_dir, tm
     with open(str(tmp_path / 'out' / 'metrics.json')) as f:
         metrics = json.load(f)
     assert metrics['n_test'] == 5 and metrics['config']['reconstruct'] is False
+
+
+def test_log_of_the_run_draws_its_error_curves_silently(analyzed):
+    assert 'wrote out/test_error.png' in analyzed['proc'].stdout
+    assert 'warning' not in analyzed['proc'].stderr
+
+
+def test_log_of_another_run_is_drawn_with_a_warning(trained_run, mnist_dir, tmp_path):
+    with open(os.path.join(trained_run['out'], 'log')) as f:
+        log = json.load(f)
+    for entry in log:  # the same epochs, other accuracies
+        entry['validation/main/accuracy'] = entry['validation/main/accuracy'] / 2
+    (tmp_path / 'other_log').write_text(json.dumps(log))
+    proc = run_analyze(['--load', trained_run['model'], '--data-dir', mnist_dir,
+                        '--n-test', '5', '-o', 'out', '--log', 'other_log'], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'warning: --log other_log: its epoch' in proc.stderr
+    assert 'is it the log of another run?' in proc.stderr
+    assert (tmp_path / 'out' / 'test_error.png').exists()
+
+
+@pytest.mark.parametrize('content,text', [
+    (None, 'cannot read it'),
+    ('{"epoch": 1', 'not a JSON file'),
+    ('{"epoch": 1}', 'not a train.py log'),
+    ('[]', 'not a train.py log'),
+    ('[{"main/loss": 0.5}]', 'not a train.py log'),
+    ('[{"epoch": 1, "main/loss": 0.5}]', 'no accuracy in its entries'),
+    ('[{"epoch": 1, "main/accuracy": "high"}]', 'an accuracy in it is not a number'),
+])
+def test_bad_log_is_refused_before_the_scoring(untrained_model, tmp_path, content, text):
+    if content is not None:
+        (tmp_path / 'log').write_text(content)
+    proc = run_analyze(['--load', untrained_model, '--log', 'log', '-o', 'out'], tmp_path)
+    assert_one_line_error(proc, text)
+    assert proc.stderr.startswith('error: --log log: ')
+    assert not (tmp_path / 'out').exists()
 
 
 def test_missing_model_file(tmp_path):

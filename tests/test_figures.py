@@ -274,6 +274,43 @@ def test_plot_confusion():
     assert '15 test images' in ax.get_title()
 
 
+LOG = [{'epoch': 1, 'main/accuracy': 0.9, 'validation/main/accuracy': 0.95},
+       {'epoch': 2, 'main/accuracy': 0.99, 'validation/main/accuracy': 0.995,
+        'heldout/main/accuracy': 0.996},
+       {'epoch': 3, 'main/loss': 0.1}]
+
+
+def test_error_curves_are_percent_errors_of_the_entries_that_have_them():
+    curves = figures.error_curves(LOG)
+    assert list(curves) == ['main/accuracy', 'heldout/main/accuracy',
+                            'validation/main/accuracy']
+    numpy.testing.assert_allclose(curves['main/accuracy'][0], [1, 2])
+    numpy.testing.assert_allclose(curves['main/accuracy'][1], [10, 1])
+    numpy.testing.assert_allclose(curves['heldout/main/accuracy'][0], [2])
+    numpy.testing.assert_allclose(curves['heldout/main/accuracy'][1], [0.4])
+    numpy.testing.assert_allclose(curves['validation/main/accuracy'][1], [5, 0.5])
+    assert figures.error_curves([{'epoch': 1, 'main/loss': 0.1}]) == {}
+
+
+def test_plot_error_curves_marks_the_kept_model_and_the_targets():
+    ax = figures.plot_error_curves(LOG, kept=('validation/main/accuracy', 2),
+                                   targets=figures.MNIST_ERRORS)
+    train, heldout, test, mark, paper, reference = ax.lines
+    numpy.testing.assert_allclose(test.get_ydata(), [5, 0.5])
+    numpy.testing.assert_allclose(heldout.get_xydata(), [[2, 0.4]])
+    numpy.testing.assert_allclose(mark.get_xydata(), [[2, 0.5]])
+    assert paper.get_ydata()[0] == 0.25 and reference.get_ydata()[0] == 0.34
+    assert ax.get_yscale() == 'log'
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert 'the kept model: epoch 2, 0.50%' in labels
+    assert 'paper (Table 1): 0.25%' in labels
+
+
+def test_plot_error_curves_without_the_kept_epoch_draws_no_mark():
+    ax = figures.plot_error_curves(LOG, kept=('validation/main/accuracy', 7))
+    assert len(ax.lines) == 3
+
+
 def test_plot_misclassified(model, samples):
     x, t = samples
     scores = numpy.full((20, 10), 0.1, numpy.float32)
