@@ -170,13 +170,16 @@ def describe_device(device):
         name = name.decode() if isinstance(name, bytes) else str(name)
     except Exception:  # an unusual driver: the name is only for the user's eyes
         name = 'GPU'
-    if cuda.cudnn_enabled:
+    # The links' own choice (Convolution2D.kernel_on_gpu), so that the line cannot
+    # disagree with what runs
+    if Convolution2D.kernel_on_gpu():
+        conv = 'valid convolutions run as our kernel, others as im2col + matrix products'
+    elif chainer.should_use_cudnn('>=auto'):
         conv = 'cuDNN'
-    elif Convolution2D.fast_on_gpu:
-        conv = ('no cuDNN in this CuPy: valid convolutions run as our kernel, others as '
-                'im2col + matrix products')
     else:
-        conv = 'no cuDNN in this CuPy: convolutions run as im2col + matrix products'
+        conv = 'convolutions run as im2col + matrix products'
+    if not cuda.cudnn_enabled:
+        conv = 'no cuDNN in this CuPy: ' + conv
     return '{} ({}, CuPy {}; {})'.format(device, name, cupy.__version__, conv)
 
 

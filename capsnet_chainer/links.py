@@ -76,10 +76,15 @@ class Convolution2D(L.Convolution2D):
             return h
         return conv_kernel.convolution_2d(x, self.W, self.b, self.stride, slope)
 
+    @classmethod
+    def kernel_on_gpu(cls):
+        """Whether the kernel runs on CuPy arrays: with :attr:`fast_on_gpu`, and only
+        where Chainer would not use cuDNN (none in CuPy 14); where it would, cuDNN
+        convolves. :func:`~capsnet_chainer.cli.describe_device` says the same."""
+        return cls.fast_on_gpu and not chainer.should_use_cudnn('>=auto')
+
     def _fast(self):
-        # On a GPU only without cuDNN (CuPy 14): where Chainer has it, cuDNN convolves
-        on_gpu = self.fast_on_gpu and not chainer.should_use_cudnn('>=auto')
-        return (self.fast and (self.xp is numpy or on_gpu)
+        return (self.fast and (self.xp is numpy or self.kernel_on_gpu())
                 and tuple(self.pad) == (0, 0)
                 and tuple(self.dilate) == (1, 1) and self.groups == 1)
 

@@ -33,6 +33,13 @@ def to_float(array):
     return float(chainer.backend.CpuDevice().send(array))
 
 
+def float64_sum(arrays):
+    """The sum of every element of ``arrays`` in float64, on their device (no sync):
+    finite only where every element is (NaN and infinities propagate), unless the sum
+    itself overflows float64."""
+    return sum(a.sum(dtype=numpy.float64) for a in arrays)
+
+
 def first_non_finite(link, attr='array'):
     """The name of the first parameter whose ``attr`` holds NaN or inf, else ``None``.
 
@@ -43,8 +50,7 @@ def first_non_finite(link, attr='array'):
               if getattr(p, attr) is not None]
     if not params:
         return None
-    total = sum(a.sum(dtype=numpy.float64) for _, a in params)
-    if numpy.isfinite(to_float(total)):
+    if numpy.isfinite(to_float(float64_sum(a for _, a in params))):
         return None
     for name, a in params:
         if not numpy.isfinite(to_float(a.sum(dtype=numpy.float64))):
@@ -82,11 +88,10 @@ class NonFiniteCheck(object):
 
     def __call__(self, optimizer):
         loss, self.loss = self.loss, None
-        grads = [p.grad for _, p in optimizer.target.namedparams() if p.grad is not None]
-        total = sum(g.sum(dtype=numpy.float64) for g in grads)
+        arrays = [p.grad for p in optimizer.target.params() if p.grad is not None]
         if loss is not None:
-            total = total + loss.sum(dtype=numpy.float64)
-        if numpy.isfinite(to_float(total)):  # the one sync
+            arrays.append(loss)
+        if numpy.isfinite(to_float(float64_sum(arrays))):  # the one sync
             return
         if loss is not None and not numpy.isfinite(to_float(loss)):
             raise NonFiniteError('loss ({})'.format(to_float(loss)), *_position(optimizer))
