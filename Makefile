@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?= --save saved_model --reconstruct
+# `make train` and `make analyze` run on GPU 0 where CuPy in the venv finds a GPU, else on
+# the CPU; GPU=-1 forces the CPU, GPU=1 picks another GPU (-g in ARGS also wins).
+GPU ?= $(shell $(PY) -c 'import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0' \
+	>/dev/null 2>&1 && echo 0 || echo -1)
 # `make analyze` analyzes your saved_model, or the model that ships in models/.
 SHIPPED_MODEL := models/capsnet_mnist.npz
 MODEL ?= $(if $(wildcard saved_model),saved_model,$(SHIPPED_MODEL))
@@ -30,11 +34,12 @@ $(VENV)/.installed-affnist: $(VENV)/.installed pyproject.toml
 	touch $@
 
 train: venv
-	$(PY) train.py $(ARGS)
+	@echo "make train: $(if $(filter -1,$(GPU)),on the CPU (no GPU that CuPy finds; see README.md, GPU),on GPU $(GPU))"
+	$(PY) train.py -g $(GPU) $(ARGS)
 
 analyze: venv
 	@echo "make analyze: analyzing $(MODEL)$(if $(filter $(SHIPPED_MODEL),$(MODEL)), (the model that ships with the project; train your own with make train),)"
-	$(PY) analyze.py --load $(MODEL) $(ANALYZE_ARGS)
+	$(PY) analyze.py -g $(GPU) --load $(MODEL) $(ANALYZE_ARGS)
 
 # mpi4py and MPICH (the `mpi` extra), so that the tests of train.py under mpiexec run.
 mpi: $(VENV)/.installed-mpi

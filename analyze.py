@@ -36,23 +36,27 @@ import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctyp
 import chainer  # noqa: E402
 import numpy  # noqa: E402
 
-from capsnet_chainer import affnist  # noqa: E402
 from capsnet_chainer import cli  # noqa: E402
-from capsnet_chainer import figures  # noqa: E402
-from capsnet_chainer import metrics  # noqa: E402
-from capsnet_chainer import multimnist  # noqa: E402
-from capsnet_chainer import pair_figures  # noqa: E402
-from capsnet_chainer import protocols  # noqa: E402
-from capsnet_chainer import snapshots  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.mnist import DATASETS  # noqa: E402
-from capsnet_chainer.mnist import get_dataset  # noqa: E402
-from capsnet_chainer.modelfile import load_model  # noqa: E402
-from capsnet_chainer.modelfile import model_kind  # noqa: E402
-from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
+from capsnet_chainer.datasets import affine  # noqa: E402
+from capsnet_chainer.datasets import affnist  # noqa: E402
+from capsnet_chainer.datasets import protocols  # noqa: E402
+from capsnet_chainer.datasets.arrays import dataset_arrays  # noqa: E402
+from capsnet_chainer.device import describe_device  # noqa: E402
+from capsnet_chainer.device import get_device  # noqa: E402
+from capsnet_chainer.evaluation import figures  # noqa: E402
+from capsnet_chainer.evaluation import metrics  # noqa: E402
+from capsnet_chainer.evaluation import pair_figures  # noqa: E402
+from capsnet_chainer.evaluation import plots  # noqa: E402
 from capsnet_chainer.fileio import file_sha256  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
+from capsnet_chainer.functions import pair_hits  # noqa: E402
+from capsnet_chainer.functions import top_two  # noqa: E402
+from capsnet_chainer.io.modelfile import load_model  # noqa: E402
+from capsnet_chainer.io.modelfile import model_kind  # noqa: E402
+from capsnet_chainer.io.modelfile import ModelFileError  # noqa: E402
+from capsnet_chainer.training import snapshots  # noqa: E402
 
 
 #: Seed of the affine-transformed MNIST test set that stands in for affNIST.
@@ -132,12 +136,12 @@ def read_log(path):
         raise cli.CLIError('--log {}: not a train.py log (a JSON list of entries, one per '
                            'epoch, each with its "epoch")'.format(path))
     try:
-        curves = figures.error_curves(log)
+        curves = plots.error_curves(log)
     except TypeError:
         raise cli.CLIError('--log {}: an accuracy in it is not a number'.format(path)) from None
     if not curves:
         raise cli.CLIError('--log {}: no accuracy in its entries ({}): nothing to '
-                           'plot'.format(path, ', '.join(k for k, _ in figures.ERROR_CURVES)))
+                           'plot'.format(path, ', '.join(k for k, _ in plots.ERROR_CURVES)))
     return log
 
 
@@ -154,9 +158,9 @@ def plot_log(log, meta, dataset, args):
                       args.log, kept[1], selection, meta.get(selection, '?'), args.load),
                   file=sys.stderr)
             kept = None
-    targets = figures.MNIST_ERRORS if dataset == 'mnist' else ()
-    save(figures.plot_error_curves(log, kept, targets), os.path.join(args.out,
-                                                                     'test_error.png'))
+    targets = plots.MNIST_ERRORS if dataset == 'mnist' else ()
+    save(plots.plot_error_curves(log, kept, targets),
+         os.path.join(args.out, 'test_error.png'))
 
 
 def snapshot_dataset(path, meta):
@@ -170,30 +174,12 @@ def snapshot_dataset(path, meta):
     return settings.get('dataset') if settings else None
 
 
-class Progress(object):
-    """Prints ``label: 45% (4500/10000)`` to stderr, in place on a terminal."""
-
-    def __init__(self, label, stream=sys.stderr):
-        self.label = label
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.shown = -1
-
-    def __call__(self, done, total):
-        percent = 100 * done // max(total, 1)
-        if self.tty or percent // 10 > self.shown // 10 or done == total:
-            end = ('\n' if done == total else '') if self.tty else '\n'
-            line = '{}: {:3d}% ({}/{})'.format(self.label, percent, done, total)
-            print(('\r' if self.tty else '') + line, end=end, file=self.stream, flush=True)
-            self.shown = percent
-
-
 def analyze(argv=None):
     start = time.time()
     args = parse_args(argv)
     print(json.dumps(vars(args), indent=2))
-    device = cli.get_device(args.gpu, args.device)
-    print('Device: {}'.format(cli.describe_device(device)))
+    device = get_device(args.gpu, args.device)
+    print('Device: {}'.format(describe_device(device)))
 
     # Load the model (and the log of its run: a bad one fails here, not after the scoring)
     model, meta = load(args.load)
@@ -226,14 +212,14 @@ def analyze(argv=None):
     if dataset not in protocols.PROTOCOLS:
         raise cli.CLIError('{} records the data set {!r}, which this version does not know; '
                            'pass --dataset'.format(args.load, dataset))
-    spec = protocols.protocol(dataset)
-    print('# dataset: {} ({})'.format(spec.title, 'from --dataset' if args.dataset else
+    protocol = protocols.protocol(dataset)
+    print('# dataset: {} ({})'.format(protocol.title, 'from --dataset' if args.dataset else
                                       'as the model file records' if recorded
                                       else 'the default: the model file records none'))
     # A DatasetError is one line in cli.run
-    _, digits = get_dataset(spec.source, data_dir=args.data_dir, data_dir_name='--data-dir')
-    test_set = test_set_of(dataset, meta, args.n_test)
-    test = protocols.make_test_set(dataset, digits, test_set)
+    _, digits = protocol.load(args.data_dir, data_dir_name='--data-dir')
+    test_set = protocol.recorded_test_set(meta, args.n_test)
+    test = protocol.make_test_set(digits, test_set)
     arrays = chainer.dataset.concat_examples(test[:])
     if tuple(arrays[0].shape[1:]) != tuple(model.config['in_shape']):
         raise cli.CLIError('--load {} takes images of shape {}, but --dataset {} has {}; '
@@ -251,11 +237,12 @@ def analyze(argv=None):
     evaluation = {'dataset': dataset, 'augmentation': 'none', 'batchsize': args.batchsize,
                   'data_dir': args.data_dir, 'device': str(device),
                   'scores': model.score_name + 's'}
-    if spec.pairs:
+    if protocol.pairs:
         results = analyze_pairs(model, arrays, n_test, test_set, args, evaluation,
                                 capsules)
     else:
-        results = analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules)
+        results = analyze_digits(model, arrays, n_test, protocol, args, evaluation,
+                                 capsules)
     if dataset == 'affnist':
         results['transformed'] = score_transformed(model, digits, args)
     elif args.affnist_dir or args.n_transformed:
@@ -274,29 +261,12 @@ def analyze(argv=None):
     print('# total: {:.1f} s'.format(time.time() - start))
 
 
-def test_set_of(dataset, meta, n_test):
-    """The generated test set to analyze (``{}`` for one read from files).
-
-    MultiMNIST: the pairs the model file records (``test_set``), else the protocol's;
-    ``--n-test`` beyond their number draws more pairs from the same seed (the first
-    ``n`` pairs of a seed are the same for every ``n``).
-    """
-    if not protocols.protocol(dataset).pairs:
-        return {}
-    test_set = dict(meta.get('test_set') or {
-        'pairs': protocols.MULTIMNIST_TEST_PAIRS, 'seed': protocols.MULTIMNIST_TEST_SEED,
-        'max_shift': protocols.PROTOCOLS[dataset].max_shift})
-    if n_test and n_test > test_set['pairs']:
-        test_set['pairs'] = n_test
-    return test_set
-
-
 def save(fig_or_ax, path):
     figures.save_figure(fig_or_ax, path)
     print('wrote {}'.format(path))
 
 
-def analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules=True):
+def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=True):
     """Sample figures (``capsules``), the score, the confusion matrix and the worst
     mistakes (beside their reconstructions with ``capsules``)."""
     x, t = arrays
@@ -314,13 +284,13 @@ def analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules=True)
     # Score the test set, no augmentation
     tic = time.time()
     scores = metrics.score(model, x[:n_test], args.batchsize,
-                           progress=Progress('scoring {} test images'.format(n_test)))
+                           progress=cli.Progress('scoring {} test images'.format(n_test)))
     t = t[:n_test]
     results = metrics.classification_metrics(t, scores)
     errors = metrics.most_confident_errors(t, scores, args.top_k)
-    title = affnist.EXPANDED_TITLE if spec.canvas else spec.title
+    title = affnist.EXPANDED_TITLE if protocol.canvas else protocol.title
     evaluation.update(images='the first {} of the {} test set'.format(n_test, title),
-                      class_names=list(DATASETS[spec.source].class_names))
+                      class_names=list(protocol.class_names))
     results.update({
         'evaluation': evaluation,
         'misclassified': [
@@ -328,17 +298,16 @@ def analyze_digits(model, arrays, n_test, spec, args, evaluation, capsules=True)
              'score': float(scores[i].max()), 'true_score': float(scores[i, t[i]])}
             for i in errors],
     })
-    save(figures.plot_confusion(results['confusion_matrix']),
+    save(plots.plot_confusion(results['confusion_matrix']),
          os.path.join(args.out, 'confusion.png'))
-    save(figures.plot_misclassified(model, x[:n_test], t, scores, errors,
-                                    reconstructions=capsules),
+    save(plots.plot_misclassified(model, x[:n_test], t, scores, errors,
+                                  reconstructions=capsules),
          os.path.join(args.out, 'misclassified.png'))
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
     print('test accuracy {:.2%} (error {:.2%}) on {} {} test images, no augmentation'.format(
         results['accuracy'], results['error_rate'], n_test, title))
-    if spec.source != 'mnist':
-        names = ['{} {}'.format(k, name)
-                 for k, name in enumerate(DATASETS[spec.source].class_names)]
+    if protocol.source != 'mnist':
+        names = ['{} {}'.format(k, name) for k, name in enumerate(protocol.class_names)]
         print('# classes: {}'.format(', '.join(names)))
     return results
 
@@ -353,20 +322,20 @@ def score_transformed(model, digits, args):
             x, t = affnist.read_affnist(args.affnist_dir, args.n_transformed)
         else:
             key, title = affnist.STANDIN_KEY, affnist.STANDIN_TITLE
-            x, t, _ = affnist.make_affine_test_set(*affnist.dataset_arrays(digits),
-                                                   n=args.n_transformed,
-                                                   seed=AFFINE_STANDIN_SEED)
+            x, t, _ = affine.make_affine_test_set(*dataset_arrays(digits),
+                                                  n=args.n_transformed,
+                                                  seed=AFFINE_STANDIN_SEED)
     except ValueError as e:  # --n-transformed beyond the files
         raise cli.CLIError('--n-transformed: {}'.format(e), cli.EXIT_USAGE) from None
     scores = metrics.score(model, x, args.batchsize,
-                           progress=Progress('scoring {} {} images'.format(len(t), key)))
+                           progress=cli.Progress('scoring {} {} images'.format(len(t), key)))
     correct = int((scores.argmax(axis=1) == t).sum())
     result = {'key': key, 'title': title, 'n_test': len(t), 'n_correct': correct,
               'accuracy': correct / max(len(t), 1)}
     if args.affnist_dir:
         result['files'] = os.path.abspath(args.affnist_dir)
     else:
-        result.update(seed=AFFINE_STANDIN_SEED, ranges=affnist.STANDIN_RANGES,
+        result.update(seed=AFFINE_STANDIN_SEED, ranges=affine.STANDIN_RANGES,
                       note='not affNIST: MNIST test digits under random affine '
                            'transformations drawn from ranges meant to be affNIST\'s; '
                            'not comparable with the paper\'s 79%')
@@ -381,9 +350,9 @@ def analyze_pairs(model, arrays, n_test, test_set, args, evaluation, capsules=Tr
     x, t2 = arrays[0][:n_test], arrays[1][:n_test]
     tic = time.time()
     scores = metrics.score(model, x, args.batchsize,
-                           progress=Progress('scoring {} test pairs'.format(n_test)))
-    both, one = multimnist.pair_accuracy(scores, t2)
-    right = multimnist.pair_hits(scores, t2).all(axis=1)  # (N,)
+                           progress=cli.Progress('scoring {} test pairs'.format(n_test)))
+    both, one = metrics.pair_accuracy(scores, t2)
+    right = pair_hits(scores, t2).all(axis=1)  # (N,)
     k = max(args.top_k, 1)
     shown = {'multimnist.png': (numpy.arange(min(k, n_test)), 'the first test pairs'),
              'multimnist_right.png': (numpy.flatnonzero(right)[:k], 'right: both digits'),
@@ -402,7 +371,7 @@ def analyze_pairs(model, arrays, n_test, test_set, args, evaluation, capsules=Tr
     return {'accuracy': both, 'error_rate': 1 - both, 'accuracy_at_least_one': one,
             'n_test': int(n_test), 'n_correct': int(right.sum()), 'evaluation': evaluation,
             'wrong': [{'index': int(i), 'true': [int(a) for a in t2[i]],
-                       'pred': [int(a) for a in multimnist.top_two(scores[i:i + 1])[0]]}
+                       'pred': [int(a) for a in top_two(scores[i:i + 1])[0]]}
                       for i in numpy.flatnonzero(~right)[:k]]}
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Trains CapsNet on MNIST (or Fashion-MNIST, or MultiMNIST) and keeps the best model.
+"""Trains CapsNet on MNIST (or Fashion-MNIST, MultiMNIST, the affNIST protocol) and keeps
+the best model.
 
     python train.py -g 0 --save saved_model --reconstruct
     python train.py -g 0 --dataset multimnist --unshared --save saved_model --reconstruct
@@ -12,7 +13,6 @@ variants" switch to the paper's choices where the two differ.
 
 import argparse
 import json
-import os
 import sys
 
 import matplotlib
@@ -20,31 +20,51 @@ matplotlib.use('Agg')
 
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
 import chainer  # noqa: E402
-import filelock  # noqa: E402
+from chainer import training  # noqa: E402
+from chainer.training import extensions  # noqa: E402
+import numpy  # noqa: E402
 
-from capsnet_chainer import cli  # noqa: E402
-from capsnet_chainer import distributed  # noqa: E402
-from capsnet_chainer import protocols  # noqa: E402
-from capsnet_chainer import snapshots  # noqa: E402
-from capsnet_chainer import training as capsnet_training  # noqa: E402
 from capsnet_chainer.baseline_cnn import BaselineCNN  # noqa: E402
-from capsnet_chainer.cli import finite_float  # noqa: E402
+from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.mnist import get_dataset  # noqa: E402
-from capsnet_chainer.figures import ReconstructionReport  # noqa: E402
+from capsnet_chainer.datasets import protocols  # noqa: E402
+from capsnet_chainer.device import describe_device  # noqa: E402
+from capsnet_chainer.device import get_device  # noqa: E402
+from capsnet_chainer.fileio import BackgroundWriter  # noqa: E402
+from capsnet_chainer.io.provenance import provenance  # noqa: E402
 from capsnet_chainer.model import CapsNet  # noqa: E402
-from capsnet_chainer.modelfile import inspect_model_file  # noqa: E402
-from capsnet_chainer.modelfile import ModelFileError  # noqa: E402
-from capsnet_chainer.nonfinite import NonFiniteError  # noqa: E402
-from capsnet_chainer.fileio import write_atomic  # noqa: E402
-from capsnet_chainer.provenance import provenance  # noqa: E402
 from capsnet_chainer.random_state import set_random_seed  # noqa: E402
-
+from capsnet_chainer.training import distributed  # noqa: E402
+from capsnet_chainer.training import output  # noqa: E402
+from capsnet_chainer.training import snapshots  # noqa: E402
+from capsnet_chainer.training.extensions import AtomicLogReport  # noqa: E402
+from capsnet_chainer.training.extensions import BestModelSaver  # noqa: E402
+from capsnet_chainer.training.extensions import EpochLimit  # noqa: E402
+from capsnet_chainer.training.extensions import EpochTimes  # noqa: E402
+from capsnet_chainer.training.extensions import HELDOUT_ACCURACY  # noqa: E402
+from capsnet_chainer.training.extensions import log_keys  # noqa: E402
+from capsnet_chainer.training.extensions import LogPlot  # noqa: E402
+from capsnet_chainer.training.extensions import ReconstructionReport  # noqa: E402
+from capsnet_chainer.training.extensions import RunTimeEstimate  # noqa: E402
+from capsnet_chainer.training.extensions import selection_rule  # noqa: E402
+from capsnet_chainer.training.extensions import TEST_ACCURACY  # noqa: E402
+from capsnet_chainer.training.nonfinite import NonFiniteError  # noqa: E402
+from capsnet_chainer.training.updater import ConverterStateUpdater  # noqa: E402
 
 #: The flags that configure CapsNet; ``--model cnn`` refuses them unless at their default.
 CAPSNET_FLAGS = ('reconstruct', 'recon_weight', 'leaky_slope', 'n_iteration', 'unshared',
                  'squash_primary', 'routing_grad', 'mask_test')
+#: Flags about the bookkeeping of a run, not about what it computes or where: left out
+#: of the ``train_args`` that a model file records.
+BOOKKEEPING_FLAGS = ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')
+#: Flags that may change when a run is resumed: where, how long and how often it runs,
+#: not what it computes (N processes train what one does: ``communicator`` too).
+RESUMABLE_CHANGES = ('epoch', 'gpu', 'device', 'out', 'save', 'data_dir',
+                     'communicator') + BOOKKEEPING_FLAGS
+#: What to do about a long run on the CPU, said with the estimate of its time.
+FASTER = ('To go faster: train on a GPU (-g 0), on fewer images (--n-train N) or for '
+          'fewer epochs (-e N)')
 
 
 def parse_args(argv=None):
@@ -63,7 +83,7 @@ def parse_args(argv=None):
                              'connected 328 and 192, dropout, 10-way output; trained with '
                              'the same Adam schedule)')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=256)
-    parser.add_argument('--decay', '-d', type=finite_float, default=0.95,
+    parser.add_argument('--decay', '-d', type=cli.unit_interval, default=0.95,
                         help='learning-rate decay factor per epoch (or per --decay-every)')
     parser.add_argument('--epoch', '-e', type=positive_int, default=500)
     parser.add_argument('--seed', '-s', type=int, default=789)
@@ -96,18 +116,18 @@ def parse_args(argv=None):
     parser.add_argument('--n-test', type=positive_int, default=None,
                         help='use the first N test images (multimnist: N test pairs, '
                              'default {:,})'.format(protocols.MULTIMNIST_TEST_PAIRS))
-    parser.add_argument('--alpha', type=finite_float, default=1e-3,
+    parser.add_argument('--alpha', type=cli.positive_float, default=1e-3,
                         help='Adam learning rate')
-    parser.add_argument('--min-alpha', type=finite_float, default=1e-5,
+    parser.add_argument('--min-alpha', type=cli.non_negative_float, default=1e-5,
                         help='floor of the decayed learning rate')
     parser.add_argument('--decay-every', type=non_negative_int, default=0,
                         help='decay every N iterations instead of every epoch '
                              '(the other seed: --decay 0.96 --decay-every 2000)')
     parser.add_argument('--test-batchsize', type=positive_int, default=100)
-    parser.add_argument('--recon-weight', type=finite_float, default=0.0005)
+    parser.add_argument('--recon-weight', type=cli.non_negative_float, default=0.0005)
 
     variants = parser.add_argument_group('paper variants (the reference by default)')
-    variants.add_argument('--leaky-slope', type=finite_float, default=0.05,
+    variants.add_argument('--leaky-slope', type=cli.non_negative_float, default=0.05,
                           help='slope of the leaky ReLU after conv1; 0 gives ReLU')
     variants.add_argument('--n-iteration', type=positive_int, default=3,
                           help='routing iterations')
@@ -133,60 +153,176 @@ def parse_args(argv=None):
                              'communicator, under mpiexec -n N (naive on the CPU, '
                              'pure_nccl on GPUs); --batchsize is then the global batch, '
                              'split among the N processes (README: "Several processes")')
-    args = parser.parse_args(argv)
-    if args.leaky_slope < 0:
-        parser.error('--leaky-slope must be >= 0, got {}'.format(args.leaky_slope))
-    if not 0 < args.decay <= 1:
-        parser.error('--decay must be in (0, 1], got {}'.format(args.decay))
-    if args.alpha <= 0:
-        parser.error('--alpha must be > 0, got {}'.format(args.alpha))
-    if args.min_alpha < 0:
-        parser.error('--min-alpha must be >= 0, got {}'.format(args.min_alpha))
-    if args.recon_weight < 0:
-        parser.error('--recon-weight must be >= 0, got {}'.format(args.recon_weight))
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    """Checks what the flags say together, before anything is loaded or written; the
+    protocol of ``--dataset`` checks its own (and sets ``--max-shift``'s default)."""
     if args.model != 'capsnet':
-        for name in CAPSNET_FLAGS:
-            if getattr(args, name) != parser.get_default(name):
-                parser.error('--{} configures CapsNet; --model {} has no use for it'
-                             .format(name.replace('_', '-'), args.model))
         if args.vis_every:
-            parser.error('--vis-every draws reconstructions, and --model {} has no decoder'
-                         .format(args.model))
-    spec = protocols.protocol(args.dataset)
-    if spec.max_shift is None and (args.max_shift is not None or args.shift_per_image):
-        parser.error('--{}: --dataset {} places each digit at random on the {}x{} canvas '
-                     'and shifts nothing'.format(
-                         'max-shift' if args.max_shift is not None else 'shift-per-image',
-                         args.dataset, spec.canvas, spec.canvas))
-    if args.max_shift is None:
-        args.max_shift = spec.max_shift
-    if args.max_shift is not None and args.max_shift >= 28:
-        parser.error('--max-shift {} would shift the whole 28x28 image out of view'
-                     .format(args.max_shift))
-    if spec.pairs and args.communicator:
-        parser.error('--communicator: --dataset {} draws its training pairs in one '
-                     'process (the pair stream is not yet split over processes); train it '
-                     'without --communicator'.format(args.dataset))
-    if spec.pairs and args.shift_per_image:
-        parser.error('--shift-per-image: --dataset {} already shifts each digit of a pair '
-                     'on its own'.format(args.dataset))
-    try:
-        cli.check_output_folder(args.out, '--out')
-        if args.save:
-            cli.check_output_file(args.save, '--save')
-    except cli.CLIError as e:
-        parser.error(str(e))
-    return args
+            raise cli.CLIError('--vis-every draws reconstructions, and --model {} has no '
+                               'decoder'.format(args.model), cli.EXIT_USAGE)
+        defaults = vars(parse_args([]))
+        for name in CAPSNET_FLAGS:
+            if getattr(args, name) != defaults[name]:
+                raise cli.CLIError('--{} configures CapsNet; --model {} has no use for it'
+                                   .format(name.replace('_', '-'), args.model),
+                                   cli.EXIT_USAGE)
+    args.max_shift = protocols.protocol(args.dataset).check(
+        args.max_shift, args.shift_per_image, data_parallel=args.communicator is not None)
+    cli.check_output_folder(args.out, '--out')
+    if args.save:
+        cli.check_output_file(args.save, '--save')
 
 
-def build_model(args, in_shape=(1, 28, 28)):
+def build_model(args, in_shape):
     if args.model == 'cnn':
-        return BaselineCNN(in_shape=tuple(in_shape))
-    return CapsNet(in_shape=tuple(in_shape), reconstruct=args.reconstruct,
+        return BaselineCNN(in_shape=in_shape)
+    return CapsNet(in_shape=in_shape, reconstruct=args.reconstruct,
                    leaky_slope=args.leaky_slope, n_iteration=args.n_iteration,
                    shared_weights=not args.unshared, squash_primary=args.squash_primary,
                    grad_all_iterations=args.routing_grad == 'all',
                    mask_test=args.mask_test, recon_weight=args.recon_weight)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    # Several processes under mpiexec (ChainerMN): only rank 0 prints and writes
+    comm = distributed.create_communicator(args.communicator, use_gpu=args.gpu >= 0)
+    distributed.quiet_unless_writer(comm)
+    writer = distributed.is_writer(comm)
+    print(json.dumps(vars(args), indent=2))
+    device = get_device(*distributed.rank_device(args.gpu, args.device, comm))
+    print('Device: {}'.format(describe_device(device)))
+    print('# Minibatch-size: {}'.format(args.batchsize))
+    if comm is not None:
+        per_rank = distributed.local_batchsize(args.batchsize, comm)  # or refuses
+        print('# processes: {} (--communicator {}), {} images of each batch per process'
+              .format(comm.size, args.communicator, per_rank))
+    print('# epoch: {}'.format(args.epoch))
+
+    # Check what to resume from, and what --save would replace, before anything is
+    # loaded or written
+    settings = run_settings(args)
+    resume = None
+    if writer:
+        output.check_save_target(args.save)
+        resume = find_resume_snapshot(args, settings)
+    resume = distributed.bcast(resume, comm)
+
+    # Load the data: the source's images, then the protocol's sets
+    protocol = protocols.protocol(args.dataset)
+    train, test = protocol.load(args.data_dir, args.n_train, args.n_test, '--data-dir')
+    train, heldout = split_heldout(train, args)
+    data = protocol.make_data(train, heldout, test, n_test=args.n_test,
+                              max_shift=args.max_shift, shift_per_image=args.shift_per_image,
+                              seed=args.seed, part=(comm.rank, comm.size) if comm else (0, 1))
+    print('# dataset: {}'.format(protocol.describe(data)))
+
+    # Set up a model
+    set_random_seed(args.seed, device)
+    model = build_model(args, protocol.in_shape(data))
+    print('# parameters: {:,}'.format(model.count_params()))
+    model.to_device(device)
+    device.use()
+
+    # Set up an optimizer (under MPI, one that averages the ranks' gradients)
+    optimizer = distributed.setup_optimizer(chainer.optimizers.Adam(alpha=args.alpha),
+                                            model, comm)
+
+    # Set up a trainer (under MPI, each rank trains on its slice of every global batch
+    # and evaluates its part of the test set)
+    train_iter = distributed.train_iterator(data.train, args.batchsize, args.seed, comm)
+    test_iter = distributed.test_iterator(data.test, args.test_batchsize, comm)
+    updater = ConverterStateUpdater(train_iter, optimizer, converter=data.converter,
+                                    device=device)
+    trainer = training.Trainer(updater, EpochLimit(args.epoch), out=args.out)
+
+    # Triggers
+    epoch_trigger = (1, 'epoch')
+    decay_trigger = (args.decay_every, 'iteration') if args.decay_every else epoch_trigger
+
+    trainer.extend(distributed.evaluator(test_iter, model, device, comm))
+    if data.heldout is not None:
+        heldout_iter = distributed.test_iterator(data.heldout, args.test_batchsize, comm)
+        trainer.extend(distributed.evaluator(heldout_iter, model, device, comm),
+                       name='heldout')
+    trainer.extend(extensions.ExponentialShift('alpha', args.decay, target=args.min_alpha),
+                   trigger=decay_trigger)
+    if comm is not None:
+        trainer.extend(distributed.MeanObservations(comm))
+
+    # Rank 0 alone logs, plots and writes files
+    if writer:
+        key, rule = selection_rule(args.validation)
+        print('# model selection: {}'.format(rule))
+        meta = run_meta(args, data, device, comm, key, rule)
+        # The best model and the snapshots are written on a thread, in order, while the
+        # next epoch trains
+        files = BackgroundWriter('capsnet-writer')
+        sizes = {TEST_ACCURACY: len(data.test)}
+        if data.heldout is not None:
+            sizes[HELDOUT_ACCURACY] = len(data.heldout)
+        trainer.extend(BestModelSaver(model, args.save, key=key, meta=meta, sizes=sizes,
+                                      batchsize=args.test_batchsize,
+                                      n_process=comm.size if comm else 1, writer=files))
+        trainer.extend(snapshots.Snapshot(args.snapshot_every, args.keep, settings,
+                                          writer=files))
+        trainer.extend(EpochTimes())
+        trainer.extend(extensions.observe_value('alpha', lambda t: optimizer.alpha),
+                       trigger=epoch_trigger)
+        trainer.extend(AtomicLogReport(trigger=epoch_trigger), name='LogReport')
+        losses, accuracies = log_keys(model.reconstruct, protocol.pairs,
+                                      data.heldout is not None)
+        trainer.extend(LogPlot(losses, 'loss.png'), name='LossPlot')
+        trainer.extend(LogPlot(accuracies, 'accuracy.png'), name='AccuracyPlot')
+        trainer.extend(extensions.PrintReport(
+            ['epoch'] + losses + accuracies + ['alpha', 'elapsed_time']))
+        trainer.extend(extensions.ProgressBar(update_interval=10))
+        if device.xp is numpy:
+            trainer.extend(RunTimeEstimate(args.epoch, FASTER))
+        if args.vis_every:
+            if not args.reconstruct:
+                print('warning: --vis-every without --reconstruct: the decoder is not '
+                      'trained, so the reconstruction figures will show noise',
+                      file=sys.stderr)
+            trainer.extend(ReconstructionReport.from_dataset(
+                model, data.test, trigger=(args.vis_every, 'epoch')))
+
+    if resume:
+        print('Resuming from {}'.format(resume))
+        if comm is None:
+            snapshots.load_snapshot(resume, trainer)
+        else:
+            distributed.load_snapshot(resume, trainer, comm, snapshots.load_snapshot)
+        if trainer.updater.epoch_detail >= args.epoch:
+            print('{} is already at epoch {:g} of --epoch {}: nothing to do'.format(
+                resume, trainer.updater.epoch_detail, args.epoch))
+            return
+
+    # Run the training (from here on, files are written: under MPI, by rank 0 only)
+    lock = output.open_output(args.out, args.save, vars(args)) if writer else None
+    try:
+        trainer.run(show_loop_exception_msg=args.debug)
+    except NonFiniteError as e:
+        last = snapshots.latest_snapshot(args.out)
+        raise cli.CLIError('{}; training stopped. The last good snapshot is {}'.format(
+            e, last or 'none (none was written yet)')) from e
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+# Resuming: which flags must match, and which snapshot
+
+
+def run_settings(args):
+    """The settings of a run that a resumed run must share (a JSON-able dict): every
+    flag except :data:`RESUMABLE_CHANGES`."""
+    settings = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
+    return json.loads(json.dumps(settings, sort_keys=True))
 
 
 def find_resume_snapshot(args, settings):
@@ -209,8 +345,26 @@ def find_resume_snapshot(args, settings):
         path = found[-1][1]
     else:
         path = args.resume
-    snapshots.check_snapshot(path, settings)
+    snapshots.check_snapshot(path, settings, describe=cli.flag_and_value)
     return path
+
+
+# What the run records
+
+
+def run_meta(args, data, device, comm, key, rule):
+    """What the best model's file records of its run."""
+    meta = {'train_args': {k: v for k, v in vars(args).items()
+                           if k not in BOOKKEEPING_FLAGS},
+            'dataset': args.dataset, 'model': args.model, 'train_images': len(data.train),
+            'heldout_images': len(data.heldout) if data.heldout is not None else 0,
+            'test_images': len(data.test), 'provenance': provenance(device),
+            'selection': {'key': key, 'rule': rule}}
+    if data.test_set:
+        meta['test_set'] = data.test_set
+    if comm is not None:
+        meta['processes'] = comm.size
+    return meta
 
 
 def split_heldout(train, args):
@@ -238,156 +392,7 @@ def split_heldout(train, args):
     return chainer.datasets.split_dataset(train, n_train)
 
 
-def check_save_target(path):
-    """Refuses a --save path that holds something other than a model."""
-    if not path or not os.path.isfile(path):
-        return
-    try:
-        kind = inspect_model_file(path)['kind']
-    except ModelFileError:
-        kind = None
-    if kind not in ('model', 'reference'):
-        raise cli.CLIError('--save {} exists and is not a model file; refusing to '
-                           'overwrite it'.format(path), cli.EXIT_USAGE)
-
-
-def train(argv=None):
-    args = parse_args(argv)
-    # Several processes under mpiexec (ChainerMN): only rank 0 prints and writes
-    comm = None
-    if args.communicator:
-        comm = distributed.create_communicator(args.communicator, use_gpu=args.gpu >= 0)
-        distributed.quiet_unless_writer(comm)
-    writer = distributed.is_writer(comm)
-    print(json.dumps(vars(args), indent=2))
-    device = cli.get_device(*distributed.rank_device(args.gpu, args.device, comm))
-    print('Device: {}'.format(cli.describe_device(device)))
-    print('# Minibatch-size: {}'.format(args.batchsize))
-    if comm is not None:
-        per_rank = distributed.local_batchsize(args.batchsize, comm)  # or refuses
-        print('# processes: {} (--communicator {}), {} images of each batch per process'
-              .format(comm.size, args.communicator, per_rank))
-    print('# epoch: {}'.format(args.epoch))
-
-    # Check what to resume from, and what --save would replace, before anything is
-    # loaded or written
-    settings = snapshots.run_settings(args)
-    resume = None
-    if writer:
-        check_save_target(args.save)
-        resume = find_resume_snapshot(args, settings)
-    resume = distributed.bcast(resume, comm)
-
-    # Load the data: the digits of the source data set, then the protocol's sets
-    spec = protocols.protocol(args.dataset)
-    try:
-        train, test = get_dataset(spec.source, data_dir=args.data_dir,
-                                  n_train=args.n_train,
-                                  n_test=protocols.source_n_test(args.dataset, args.n_test),
-                                  data_dir_name='--data-dir')
-    except ValueError as e:  # --n-train or --n-test larger than the data
-        raise cli.CLIError(str(e).replace('n_train=', '--n-train ').replace(
-            'n_test=', '--n-test '), cli.EXIT_USAGE) from None
-    train, heldout = split_heldout(train, args)
-    data = protocols.make_data(args.dataset, train, heldout, test, n_test=args.n_test,
-                               max_shift=args.max_shift,
-                               shift_per_image=args.shift_per_image, seed=args.seed,
-                               part=(comm.rank, comm.size) if comm else (0, 1))
-    print('# dataset: {}'.format(protocols.describe(args.dataset, data)))
-
-    # Set up a model
-    set_random_seed(args.seed, device)
-    model = build_model(args, protocols.in_shape(data))
-    print('# parameters: {:,}'.format(model.count_params()))
-    model.to_device(device)
-    device.use()
-
-    # Set up a trainer
-    run_args = {k: v for k, v in vars(args).items()
-                if k not in snapshots.BOOKKEEPING_FLAGS}
-    meta = {'train_args': run_args, 'dataset': args.dataset, 'model': args.model,
-            'train_images': len(data.train),
-            'heldout_images': len(data.heldout) if data.heldout is not None else 0,
-            'test_images': len(data.test), 'provenance': provenance(device)}
-    if data.test_set:
-        meta['test_set'] = data.test_set
-    if comm is not None:
-        meta['processes'] = comm.size
-    trainer = capsnet_training.build_trainer(
-        model, data.train, data.test, device, data.converter, batchsize=args.batchsize,
-        epoch=args.epoch,
-        alpha=args.alpha, decay=args.decay, decay_every=args.decay_every,
-        min_alpha=args.min_alpha, seed=args.seed, out=args.out, save=args.save,
-        keep=args.keep, test_batchsize=args.test_batchsize,
-        snapshot_every=args.snapshot_every, settings=settings, meta=meta,
-        heldout=data.heldout, pairs=spec.pairs, comm=comm)
-    print('# model selection: {}'.format(capsnet_training.selection_rule(
-        args.validation)[1]))
-    if args.vis_every and writer:
-        if not args.reconstruct:
-            print('warning: --vis-every without --reconstruct: the decoder is not trained, '
-                  'so the reconstruction figures will show noise', file=sys.stderr)
-        trainer.extend(ReconstructionReport.from_dataset(
-            model, data.test, trigger=(args.vis_every, 'epoch')))
-    if resume:
-        print('Resuming from {}'.format(resume))
-        if comm is None:
-            snapshots.load_snapshot(resume, trainer)
-        else:
-            distributed.load_snapshot(resume, trainer, comm, snapshots.load_snapshot)
-        if trainer.updater.epoch_detail >= args.epoch:
-            print('{} is already at epoch {:g} of --epoch {}: nothing to do'.format(
-                resume, trainer.updater.epoch_detail, args.epoch))
-            return
-
-    # From here on, files are written (under MPI, by rank 0 only)
-    lock = open_output(args) if writer else None
-    try:
-        # Run the training
-        try:
-            trainer.run(show_loop_exception_msg=args.debug)
-        except NonFiniteError as e:
-            last = snapshots.latest_snapshot(args.out)
-            raise cli.CLIError('{}; training stopped. The last good snapshot is {}'.format(
-                e, last or 'none (none was written yet)')) from e
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def open_output(args):
-    """Locks --out for this run, removes what interrupted writes left, writes args.json.
-
-    Returns:
-        filelock.FileLock: The acquired lock; release it when the run ends.
-    """
-    os.makedirs(args.out, exist_ok=True)
-    lock = filelock.FileLock(os.path.join(args.out, '.train.lock'))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise cli.CLIError('another train.py is writing to --out {}; wait for it or '
-                           'choose another --out'.format(args.out)) from None
-    try:
-        for path in snapshots.remove_stale_temp_files(args.out):
-            print('Removed {}, left by an interrupted write'.format(path))
-        if args.save:
-            save_dir = os.path.dirname(os.path.abspath(args.save))
-            os.makedirs(save_dir, exist_ok=True)
-            snapshots.remove_stale_temp_files(save_dir, os.path.basename(args.save))
-        write_atomic(os.path.join(args.out, 'args.json'),
-                     lambda f: f.write(json.dumps(vars(args), indent=2).encode()))
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-def main(argv=None):
-    code = cli.run(train, argv)
+if __name__ == '__main__':
+    code = cli.run(main)
     distributed.abort_on_failure(code)  # under MPI: end the other ranks too
     sys.exit(code)
-
-
-if __name__ == '__main__':
-    main()

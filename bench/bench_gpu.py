@@ -228,11 +228,11 @@ def function_timer(clock):
 
 
 def load_data(args):
-    from capsnet_chainer import protocols
-    from capsnet_chainer.mnist import get_mnist
+    from capsnet_chainer.datasets import protocols
+    from capsnet_chainer.datasets.mnist import get_mnist
     data_dir = args.data_dir or os.environ.get('CAPSNET_MNIST_DIR')
     train, test = get_mnist(data_dir=data_dir, n_train=args.n_train, n_test=args.n_test)
-    return protocols.make_data('mnist', train, None, test, seed=args.seed)
+    return protocols.protocol('mnist').make_data(train, None, test, seed=args.seed)
 
 
 def worker(args, variant):
@@ -243,11 +243,11 @@ def worker(args, variant):
     import numpy
     from capsnet_chainer import CapsNet
     from capsnet_chainer import links
-    from capsnet_chainer import distributed
-    from capsnet_chainer.nonfinite import first_non_finite
-    from capsnet_chainer.nonfinite import to_float
-    from capsnet_chainer.random_state import SeededShuffleIterator
-    from capsnet_chainer.training import ConverterStateUpdater
+    from capsnet_chainer.training import distributed
+    from capsnet_chainer.training.nonfinite import first_non_finite
+    from capsnet_chainer.training.nonfinite import to_float
+    from capsnet_chainer.training.iterators import SeededShuffleIterator
+    from capsnet_chainer.training.updater import ConverterStateUpdater
 
     settings = settings_of(variant)
     links.Convolution2D.fast_on_gpu = settings.get('fast_on_gpu', True)
@@ -397,7 +397,7 @@ def primary_conv_parts(clock, gpu, repeat):
     import chainer
     import chainer.functions as F
     import numpy
-    from capsnet_chainer import conv_kernel
+    from capsnet_chainer.kernels import conv as conv_kernel
     xp = numpy
     if gpu:
         import cupy as xp

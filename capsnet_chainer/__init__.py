@@ -30,26 +30,34 @@ The data's way from image to loss (:class:`~capsnet_chainer.model.CapsNet`)::
       -> decoder FC 512, 1024, 784       (B, 1, 28, 28)      links.Decoder
       -> reconstruction loss             scalar              functions.reconstruction_loss
 
-The modules, one concern each: :mod:`~capsnet_chainer.functions` (the paper's
-equations), :mod:`~capsnet_chainer.links` (the layers, each choosing a fast kernel or
-the equations), :mod:`~capsnet_chainer.model` (the network),
-:mod:`~capsnet_chainer.conv_kernel`, :mod:`~capsnet_chainer.prediction_kernel` and
-:mod:`~capsnet_chainer.routing_kernels` (the fast kernels),
-:mod:`~capsnet_chainer.modelfile` and :mod:`~capsnet_chainer.reference` (model files),
-:mod:`~capsnet_chainer.mnist`, :mod:`~capsnet_chainer.mnist_sources`,
-:mod:`~capsnet_chainer.idx`, :mod:`~capsnet_chainer.augment` and
-:mod:`~capsnet_chainer.affnist` (the data),
-:mod:`~capsnet_chainer.training`, :mod:`~capsnet_chainer.snapshots`,
-:mod:`~capsnet_chainer.nonfinite` and :mod:`~capsnet_chainer.random_state` (training),
-:mod:`~capsnet_chainer.metrics` and :mod:`~capsnet_chainer.figures` (evaluation),
-:mod:`~capsnet_chainer.cli`, :mod:`~capsnet_chainer.compat`,
-:mod:`~capsnet_chainer.fileio` and :mod:`~capsnet_chainer.provenance` (support).
+The layers, bottom up (a module imports only from the layers below it):
+
+* leaves: :mod:`~capsnet_chainer.compat` (Chainer 7.8.1 on today's Python and NumPy),
+  :mod:`~capsnet_chainer.errors`, :mod:`~capsnet_chainer.fileio` (atomic writes),
+  :mod:`~capsnet_chainer.random_state`, :mod:`~capsnet_chainer.inference` (batched
+  test-time inference);
+* the network: :mod:`~capsnet_chainer.functions` (the paper's equations),
+  :mod:`~capsnet_chainer.kernels` (the fast FunctionNodes), :mod:`~capsnet_chainer.links`
+  (the layers), :mod:`~capsnet_chainer.model` and :mod:`~capsnet_chainer.baseline_cnn`;
+  :mod:`~capsnet_chainer.device` (which device, and which convolution runs there);
+* beside it, never imported by it: :mod:`~capsnet_chainer.datasets`,
+  :mod:`~capsnet_chainer.evaluation`, :mod:`~capsnet_chainer.io` (model files) and,
+  above those, :mod:`~capsnet_chainer.training`;
+* :mod:`~capsnet_chainer.cli`: what ``train.py`` and ``analyze.py`` share; the library
+  never imports it.
 """
 
 from capsnet_chainer import compat  # noqa: F401  (must precede every chainer import)
 
-from capsnet_chainer.augment import RandomShift  # noqa: E402,F401
-from capsnet_chainer.augment import shift_images  # noqa: E402,F401
+from capsnet_chainer.baseline_cnn import BaselineCNN  # noqa: E402,F401
+from capsnet_chainer.datasets import DatasetError  # noqa: E402,F401
+from capsnet_chainer.datasets import get_dataset  # noqa: E402,F401
+from capsnet_chainer.datasets import get_fashion_mnist  # noqa: E402,F401
+from capsnet_chainer.datasets import get_mnist  # noqa: E402,F401
+from capsnet_chainer.datasets import RandomShift  # noqa: E402,F401
+from capsnet_chainer.datasets import shift_images  # noqa: E402,F401
+from capsnet_chainer.errors import CapsNetError  # noqa: E402,F401
+from capsnet_chainer.errors import SettingError  # noqa: E402,F401
 from capsnet_chainer.functions import capsule_length  # noqa: E402,F401
 from capsnet_chainer.functions import margin_loss  # noqa: E402,F401
 from capsnet_chainer.functions import prediction_vectors  # noqa: E402,F401
@@ -57,15 +65,10 @@ from capsnet_chainer.functions import reconstruction_loss  # noqa: E402,F401
 from capsnet_chainer.functions import routing  # noqa: E402,F401
 from capsnet_chainer.functions import shared_routing  # noqa: E402,F401
 from capsnet_chainer.functions import squash  # noqa: E402,F401
-from capsnet_chainer.idx import DatasetError  # noqa: E402,F401
-from capsnet_chainer.mnist import get_dataset  # noqa: E402,F401
-from capsnet_chainer.mnist import get_fashion_mnist  # noqa: E402,F401
-from capsnet_chainer.mnist import get_mnist  # noqa: E402,F401
+from capsnet_chainer.io import load_model  # noqa: E402,F401
+from capsnet_chainer.io import ModelFileError  # noqa: E402,F401
+from capsnet_chainer.io import save_model  # noqa: E402,F401
 from capsnet_chainer.model import CapsNet  # noqa: E402,F401
-from capsnet_chainer.modelfile import load_model  # noqa: E402,F401
-from capsnet_chainer.modelfile import ModelFileError  # noqa: E402,F401
-from capsnet_chainer.modelfile import save_model  # noqa: E402,F401
-from capsnet_chainer.nonfinite import NonFiniteError  # noqa: E402,F401
-from capsnet_chainer.training import build_trainer  # noqa: E402,F401
+from capsnet_chainer.training import NonFiniteError  # noqa: E402,F401
 
 __version__ = '0.1.0'

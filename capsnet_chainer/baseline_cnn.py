@@ -20,7 +20,7 @@ there. A softmax cannot put probability near 1 on two classes, so this network i
 trained with a sigmoid cross-entropy against the two-hot target (one independent
 "is this digit present" per class, summed over the classes and averaged over the
 batch); the prediction is the two highest logits, as the two longest capsules of
-CapsNet (:func:`~capsnet_chainer.multimnist.top_two`).
+CapsNet (:func:`~capsnet_chainer.functions.top_two`).
 
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017.
 """
@@ -30,8 +30,8 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from capsnet_chainer import metrics
-from capsnet_chainer import multimnist
+from capsnet_chainer.functions import pair_hits
+from capsnet_chainer import inference
 
 #: The value of ``config['model']`` that marks a model file of this network (a
 #: configuration without ``'model'`` is a CapsNet's).
@@ -62,7 +62,7 @@ class BaselineCNN(chainer.Chain):
     Attributes:
         config (dict): The arguments that define the network, as model files store it,
             with ``'model': 'cnn'`` (:data:`MODEL_KIND`), which tells
-            :func:`~capsnet_chainer.modelfile.load_model` to rebuild this class.
+            :func:`~capsnet_chainer.io.modelfile.load_model` to rebuild this class.
     """
 
     #: There is no decoder: nothing to reconstruct (``train.py`` and the trainer ask).
@@ -103,7 +103,7 @@ class BaselineCNN(chainer.Chain):
 
     def scores(self, x):
         """Class scores of a batch: the logits ``(B, n_class)`` (what
-        :func:`capsnet_chainer.metrics.score` computes, batch by batch)."""
+        :func:`capsnet_chainer.inference.predict` computes, batch by batch)."""
         return self.logits(x)
 
     def forward(self, x, t, digits=None):
@@ -136,7 +136,7 @@ class BaselineCNN(chainer.Chain):
         target[xp.arange(B)[:, None], t2] = 1  # two-hot
         # normalize=False: the sum over the elements divided by the batch size
         loss = F.sigmoid_cross_entropy(y, target, normalize=False)
-        hits = multimnist.pair_hits(y.array, t2)  # (B, 2)
+        hits = pair_hits(y.array, t2)  # (B, 2)
         chainer.report({'loss': loss,
                         'accuracy': xp.mean(hits.all(axis=1), dtype=numpy.float32),
                         'accuracy/one': xp.mean(hits.any(axis=1), dtype=numpy.float32)},
@@ -146,12 +146,12 @@ class BaselineCNN(chainer.Chain):
     def predict(self, x, batchsize=100):
         """Class scores (logits) ``(N, n_class)`` as a NumPy array, test mode.
 
-        The same as :func:`capsnet_chainer.metrics.score`.
+        Batch by batch (:func:`capsnet_chainer.inference.predict`).
 
         Args:
             x (array): Images ``(N, C, H, W)``, on any device.
         """
-        return metrics.score(self, x, batchsize)
+        return inference.predict(self, x, batchsize)
 
     def count_params(self):
         """Number of scalar parameters."""

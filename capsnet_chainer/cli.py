@@ -1,10 +1,13 @@
-"""What the command-line scripts share: flag types, device choice, one-line errors.
+"""What ``train.py`` and ``analyze.py`` share: flag types, and one-line errors.
 
 Every error a user can cause (a wrong flag, a missing or corrupt file, a GPU that is not
-there, a training run that diverged) ends the script with one line on stderr,
-``error: ...``, and a non-zero exit status: 2 when the command line itself is wrong, 1
-for everything else. ``--debug`` adds the traceback. Anything else is a bug and keeps
-its traceback.
+there, a training run that diverged: a :class:`~capsnet_chainer.errors.CapsNetError`)
+ends the script with one line on stderr, ``error: ...``, and a non-zero exit status: 2
+when the command line itself is wrong (a :class:`~capsnet_chainer.errors.SettingError`
+names the flag), 1 for everything else. ``--debug`` adds the traceback. Anything else is
+a bug and keeps its traceback.
+
+The library never imports this module: it is the scripts' own.
 """
 
 import argparse
@@ -12,22 +15,16 @@ import os
 import sys
 import traceback
 
-import chainer
-
-from capsnet_chainer.idx import DatasetError
-from capsnet_chainer.modelfile import ModelFileError
+from capsnet_chainer.errors import CapsNetError
+from capsnet_chainer.errors import SettingError
 
 #: Exit status for a wrong command line (argparse's own choice).
 EXIT_USAGE = 2
 #: Exit status for every other known failure.
 EXIT_FAILURE = 1
 
-CUPY_HELP = ('install the CuPy wheel that matches your CUDA: pip install cupy-cuda13x '
-             '(CUDA 13) or pip install cupy-cuda12x (CUDA 12); or pass -g -1 to use the '
-             'CPU')
 
-
-class CLIError(Exception):
+class CLIError(CapsNetError):
     """A failure the user can fix; printed as one ``error:`` line.
 
     Args:
@@ -38,10 +35,6 @@ class CLIError(Exception):
     def __init__(self, message, exit_code=EXIT_FAILURE):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class DeviceError(CLIError):
-    """The requested device cannot be used (no CuPy, no such GPU)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -92,95 +85,26 @@ def finite_float(text):
     return value
 
 
-# Devices
+def positive_float(text):
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError('must be > 0, got {}'.format(text))
+    return value
 
 
-def get_device(gpu=-1, device=None):
-    """Returns the Chainer device for ``-g GPU`` or ``--device SPEC``, or raises.
-
-    Args:
-        gpu (int): GPU id; negative for the CPU.
-        device (str): A Chainer device specifier (``@numpy``, ``@cupy:0``); overrides
-            ``gpu``.
-
-    Raises:
-        DeviceError: CuPy is missing or broken, or there is no such GPU. The message
-            says which package to install.
-    """
-    if device is not None:
-        spec, flag = device, '--device {}'.format(device)
-    else:
-        spec = '@cupy:{}'.format(gpu) if gpu >= 0 else '@numpy'
-        flag = '-g {}'.format(gpu)
-    if spec.startswith('@cupy'):
-        from chainer.backends import cuda
-        if not cuda.available:
-            cause = getattr(cuda, '_resolution_error', None)
-            if isinstance(cause, ImportError) and getattr(cause, 'name', '') == 'cupy':
-                raise DeviceError('{}: CuPy is not installed, so no GPU can be used; {}'
-                                  .format(flag, CUPY_HELP))
-            if 'libcu' in str(cause) or 'libnvrtc' in str(cause):
-                raise DeviceError(
-                    '{}: CuPy is installed but the CUDA libraries are not found ({}); '
-                    'install them with CuPy\'s [ctk] extra: pip install '
-                    '"cupy-cuda13x[ctk]" (CUDA 13) or "cupy-cuda12x[ctk]" (CUDA 12)'
-                    .format(flag, ' '.join(str(cause).split())))
-            raise DeviceError('{}: CuPy is installed but cannot be imported ({}); {}'
-                              .format(flag, ' '.join(str(cause).split()), CUPY_HELP))
-        try:
-            device_id = int(spec.partition(':')[2])
-        except ValueError:
-            raise DeviceError('{}: not a device specifier; use @cupy:N or @numpy'
-                              .format(flag)) from None
-        try:
-            n_gpu = cuda.cupy.cuda.runtime.getDeviceCount()
-        except Exception as e:  # no driver, no device: CUDARuntimeError and others
-            raise DeviceError('{}: CuPy cannot reach a GPU ({}: {}); check the NVIDIA '
-                              'driver with nvidia-smi, or pass -g -1 to use the CPU'
-                              .format(flag, type(e).__name__, e)) from None
-        if not 0 <= device_id < n_gpu:
-            raise DeviceError('{}: no such GPU; this machine has {} GPU{}{}'.format(
-                flag, n_gpu, '' if n_gpu == 1 else 's',
-                ' (ids 0..{})'.format(n_gpu - 1) if n_gpu else ''))
-    try:
-        return chainer.get_device(spec)
-    except Exception as e:
-        raise DeviceError('{}: cannot use this device ({}: {})'.format(
-            flag, type(e).__name__, e)) from None
+def non_negative_float(text):
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError('must be >= 0, got {}'.format(text))
+    return value
 
 
-def describe_device(device):
-    """One line naming ``device``; for a GPU, its name and CuPy, and whether cuDNN is used.
-
-    CuPy 14 has no cuDNN: our convolution kernel then runs the model's (valid)
-    convolutions, and Chainer runs others (and all of them without
-    ``Convolution2D.fast_on_gpu``) through im2col and a matrix product, which is
-    expected (see :mod:`capsnet_chainer.compat`), so this says so once instead of
-    Chainer's warning.
-    """
-    from chainer.backends import cuda
-    from capsnet_chainer.links import Convolution2D
-    xp = getattr(device, 'xp', None)
-    if not cuda.available or xp is not cuda.cupy:
-        return str(device)
-    cupy = cuda.cupy
-    try:
-        props = cupy.cuda.runtime.getDeviceProperties(device.device.id)
-        name = props['name']
-        name = name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:  # an unusual driver: the name is only for the user's eyes
-        name = 'GPU'
-    # The links' own choice (Convolution2D.kernel_on_gpu), so that the line cannot
-    # disagree with what runs
-    if Convolution2D.kernel_on_gpu():
-        conv = 'valid convolutions run as our kernel, others as im2col + matrix products'
-    elif chainer.should_use_cudnn('>=auto'):
-        conv = 'cuDNN'
-    else:
-        conv = 'convolutions run as im2col + matrix products'
-    if not cuda.cudnn_enabled:
-        conv = 'no cuDNN in this CuPy: ' + conv
-    return '{} ({}, CuPy {}; {})'.format(device, name, cupy.__version__, conv)
+def unit_interval(text):
+    """A factor in (0, 1]."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError('must be in (0, 1], got {}'.format(text))
+    return value
 
 
 # Files
@@ -204,14 +128,54 @@ def check_output_file(path, flag):
                        EXIT_USAGE)
 
 
+# Progress
+
+
+class Progress(object):
+    """Prints ``label: 45% (4500/10000)`` to stderr, in place on a terminal."""
+
+    def __init__(self, label, stream=sys.stderr):
+        self.label = label
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.shown = -1
+
+    def __call__(self, done, total):
+        percent = 100 * done // max(total, 1)
+        if self.tty or percent // 10 > self.shown // 10 or done == total:
+            end = ('\n' if done == total else '') if self.tty else '\n'
+            line = '{}: {:3d}% ({}/{})'.format(self.label, percent, done, total)
+            print(('\r' if self.tty else '') + line, end=end, file=self.stream, flush=True)
+            self.shown = percent
+
+
 # The entry point wrapper
+
+
+def flag(setting):
+    """The flag of a library setting: ``'max_shift'`` -> ``'--max-shift'``."""
+    return '--' + setting.replace('_', '-')
+
+
+def flag_and_value(name, value):
+    """A setting as its flag: ``--max-shift 2``, ``--unshared on``."""
+    if isinstance(value, bool):
+        return '{} {}'.format(flag(name), 'on' if value else 'off')
+    if value is None:
+        return '{} (not given)'.format(flag(name))
+    return '{} {}'.format(flag(name), value)
 
 
 def describe(error):
     """The one-line message of a known error, or ``None`` for an unexpected one."""
     if isinstance(error, CLIError):
         return str(error)
-    if isinstance(error, (DatasetError, ModelFileError)):
+    if isinstance(error, SettingError):
+        shown = flag(error.setting)
+        if error.has_value():
+            shown += ' {}'.format(error.value)
+        return '{}: {}'.format(shown, ' '.join(error.message.split()))
+    if isinstance(error, CapsNetError):
         return ' '.join(str(error).split())
     if isinstance(error, OSError):  # a full disk, a read-only folder, ...
         if error.filename:
@@ -221,6 +185,8 @@ def describe(error):
 
 
 def exit_code(error):
+    if isinstance(error, SettingError):
+        return EXIT_USAGE
     return getattr(error, 'exit_code', EXIT_FAILURE)
 
 

@@ -18,7 +18,7 @@ the first two must happen before ``chainer`` is imported, so import this module 
 3. :func:`quiet_cudnn_warning`: CuPy 14 ships no cuDNN, so Chainer runs convolutions
    through im2col and a matrix product. That is expected, not a broken install, so
    Chainer's "cuDNN is not enabled, please reinstall CuPy" warning is marked as given;
-   :func:`capsnet_chainer.cli.describe_device` says it once, in our words.
+   :func:`capsnet_chainer.device.describe_device` says it once, in our words.
 4. :func:`import_chainer` imports Chainer without CuPy's "nccl library could not be
    loaded" warning. Chainer's ``MultiprocessParallelUpdater`` module, imported with
    ``chainer.training``, imports ``cupy.cuda.nccl``, and CuPy warns there when NCCL is

@@ -2,8 +2,12 @@
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
+
+#: The temporary files of :func:`write_atomic`: ``.NAME.XXXXXXXX.tmp``.
+_TEMP_NAME = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
 
 
 def write_atomic(path, write):
@@ -35,6 +39,32 @@ def write_atomic(path, write):
     _fsync_directory(directory)
 
 
+def remove_stale_temp_files(folder, basename=None):
+    """Removes the temporary files that a killed write left in ``folder``.
+
+    Args:
+        folder (str): A folder this program writes into.
+        basename (str): Only remove the temporary files of this file name (for a
+            folder shared with other files, such as that of ``--save``).
+
+    Returns:
+        list of str: The paths removed.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if not _TEMP_NAME.match(name):
+            continue
+        if basename is not None and not name.startswith('.' + basename + '.'):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
 def _fsync_directory(directory):
     """Makes a rename in ``directory`` durable (where the platform allows it)."""
     try:
@@ -61,7 +91,7 @@ def file_sha256(path):
 class BackgroundWriter(object):
     """:func:`write_atomic` on threads, one write after another in the order submitted,
     while the caller goes on: training need not wait while a snapshot or a model is
-    compressed and flushed to disk (on a GPU, seconds of an epoch of ten).
+    compressed and flushed to disk (on a GPU, a large part of an epoch).
 
     Each write runs on a thread of its own that first waits for the one before. The
     threads are not daemons: a process that ends, by an error or Ctrl-C, first completes

@@ -2,8 +2,8 @@
 
 Every function here is built from :mod:`chainer.functions`, so autograd gives the
 backward pass and double backpropagation. They are the definition the fast kernels
-(:mod:`capsnet_chainer.routing_kernels`) are tested against, and the network runs
-them when it is built with ``CapsNet(fast_kernels=False)``. Shape letters are those of
+(:mod:`capsnet_chainer.kernels`) are tested against, and the network runs them when
+it is built with ``CapsNet(fast_kernels=False)``. Shape letters are those of
 :mod:`capsnet_chainer`.
 
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017.
@@ -59,7 +59,7 @@ def squash(s, axis=-1):
 
 
 def prediction_vectors(u, W, b=None, n_class=10, n_cell=1):
-    """Prediction vectors ``u_hat[j|i] = W_i u_i (+ b_i)`` (Eq. 2 of the paper [#]_).
+    """Prediction vectors ``u_hat[j|i] = W_ij u_i (+ b_ij)`` (Eq. 2 of the paper [#]_).
 
     Capsule ``i`` uses map ``i // n_cell``: ``n_cell`` consecutive capsules (the grid
     cells of one capsule type) share a map with ``n_cell > 1`` (the reference), every
@@ -82,14 +82,12 @@ def prediction_vectors(u, W, b=None, n_class=10, n_cell=1):
     if M * N != I or J * D != JD:
         raise ValueError('W {} does not fit u {} with n_class {} and n_cell {}'.format(
             W.shape, u.shape, n_class, n_cell))
-    u = F.reshape(u, (B, M, N, P))  # (B, M, N, P)
-    u = F.reshape(F.transpose(u, (1, 0, 2, 3)), (M, B * N, P))  # (M, B * N, P)
-    h = F.matmul(u, W)  # (M, B * N, J * D)
+    u = F.reshape(u, (B, M, N, P))  # (B, M, N, P): capsule i = (m, n) uses map m
+    u_hat = F.einsum('bmnp,mpk->bmnk', u, W)  # (B, M, N, J * D): Eq. 2, W_ij u_i
     if b is not None:
-        h = h + F.broadcast_to(b[:, None, :], h.shape)  # (M, B * N, J * D)
-    h = F.reshape(h, (M, B, N, J, D))  # (M, B, N, J, D)
-    h = F.transpose(h, (1, 3, 0, 2, 4))  # (B, J, M, N, D)
-    return F.reshape(h, (B, J, I, D))  # (B, J, I, D)
+        u_hat = u_hat + F.broadcast_to(b[None, :, None, :], u_hat.shape)  # (B, M, N, J * D)
+    u_hat = F.reshape(u_hat, (B, I, J, D))  # (B, I, J, D)
+    return F.transpose(u_hat, (0, 2, 1, 3))  # (B, J, I, D)
 
 
 def routing(u_hat, n_iteration=3, grad_all_iterations=True):
@@ -110,6 +108,18 @@ def routing(u_hat, n_iteration=3, grad_all_iterations=True):
     Returns:
         ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``.
     """
+    for c, v in routing_iterations(u_hat, n_iteration, grad_all_iterations):
+        pass
+    return v
+
+
+def routing_iterations(u_hat, n_iteration=3, grad_all_iterations=True):
+    """:func:`routing`, iteration by iteration: yields the coupling coefficients ``c``
+    ``(B, J, I)`` of each iteration and the capsules ``v`` ``(B, J, D)`` they give.
+
+    What a trained network's routing does can be read from them
+    (:mod:`capsnet_chainer.evaluation`); the arguments are those of :func:`routing`.
+    """
     if int(n_iteration) < 1:
         raise ValueError('n_iteration must be at least 1, got {}'.format(n_iteration))
     u_hat = chainer.as_variable(u_hat)
@@ -125,16 +135,16 @@ def routing(u_hat, n_iteration=3, grad_all_iterations=True):
         c = F.softmax(b, axis=1)  # (B, J, I), over the digits
         s = F.sum(F.broadcast_to(c[:, :, :, None], u.shape) * u, axis=2)  # (B, J, D)
         v = squash(s)  # (B, J, D)
+        yield c, v
         if not last:
             b = b + F.sum(u * F.broadcast_to(v[:, :, None, :], u.shape), axis=3)  # (B, J, I)
-    return v
 
 
 def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=True):
     """Predictions from maps shared by the cells of each capsule type, then routing.
 
     Plain :func:`prediction_vectors` with ``n_cell = N`` followed by :func:`routing`;
-    :func:`capsnet_chainer.routing_kernels.shared_routing` computes the same without
+    :func:`capsnet_chainer.kernels.routing.shared_routing` computes the same without
     forming ``u_hat``.
 
     Args:
@@ -186,6 +196,65 @@ def reconstruction_loss(x_rec, x):
         ~chainer.Variable: Scalar loss.
     """
     return F.sum(F.squared_difference(x_rec, x)) / x_rec.shape[0]
+
+
+def two_digit_margin_loss(lengths, labels2, m_plus=0.9, m_minus=0.1, lambda_=0.5):
+    """The margin loss (Eq. 4) with two digits present (MultiMNIST, Sec. 6 of [#]_).
+
+    ``T_k = 1`` for the two classes of ``labels2``, 0 for the others; summed over
+    classes, mean over the batch. With two equal labels the class counts once.
+
+    Args:
+        lengths (~chainer.Variable): Capsule lengths ``(B, J)``.
+        labels2 (array): Classes of the two digits ``(B, 2)``, int.
+
+    Returns:
+        ~chainer.Variable: Scalar loss.
+    """
+    B, J = lengths.shape
+    xp = chainer.backend.get_array_module(labels2)
+    present = xp.minimum(one_hot(labels2[:, 0], J, lengths.dtype)
+                         + one_hot(labels2[:, 1], J, lengths.dtype), 1)  # (B, J)
+    loss = (present * F.relu(m_plus - lengths) ** 2
+            + lambda_ * (1 - present) * F.relu(lengths - m_minus) ** 2)
+    return F.sum(loss) / B
+
+
+def two_digit_reconstruction_loss(x_rec, digits):
+    """Sum of squared errors of each digit's reconstruction against that digit alone,
+    summed over the two digits, mean over the batch (unweighted).
+
+    Args:
+        x_rec (~chainer.Variable): Reconstructions ``(B, 2, C, H, W)``: digit ``k``'s
+            from the capsule of its own label at ``[:, k]``.
+        digits (~chainer.Variable or array): The shifted single digits, same shape.
+
+    Returns:
+        ~chainer.Variable: Scalar loss.
+    """
+    return F.sum(F.squared_difference(x_rec, digits)) / x_rec.shape[0]
+
+
+def top_two(scores):
+    """The two classes an image of two digits is read as: its two longest capsules (its
+    two highest scores), ``(B, 2)``, the higher first.
+
+    Ties go to the lower class (the order of a stable sort of ``-scores``). Runs on the
+    device of ``scores`` (NumPy or CuPy).
+    """
+    xp = chainer.backend.get_array_module(scores)
+    first = scores.argmax(axis=1)  # (B,): argmax takes the first of equal maxima
+    rest = scores.copy()
+    rest[xp.arange(len(scores)), first] = -xp.inf
+    second = rest.argmax(axis=1)  # (B,)
+    return xp.stack([first, second], axis=1)
+
+
+def pair_hits(scores, labels2):
+    """Which of each image's two labels are among its two top classes, ``(B, 2)`` bool,
+    on the device of ``scores``: an image is read right when both are."""
+    top2 = top_two(scores)  # (B, 2)
+    return (top2[:, :, None] == labels2[:, None, :]).any(axis=1)  # (B, 2): label k found
 
 
 def mask(v, labels):

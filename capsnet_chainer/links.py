@@ -1,8 +1,8 @@
 """The CapsNet layers as Chainer Links: primary capsules, digit capsules, decoder.
 
 Each link that has a fast kernel chooses it in one visible place, its ``forward``:
-``if self.fast:`` the kernel (:mod:`capsnet_chainer.conv_kernel`,
-:mod:`capsnet_chainer.routing_kernels`), else the plain equations in
+``if self.fast:`` the kernel (:mod:`capsnet_chainer.kernels.conv`,
+:mod:`capsnet_chainer.kernels.routing`), else the plain equations in
 :mod:`chainer.functions` (:mod:`capsnet_chainer.functions`). Both compute the same; the
 kernels are several times faster on the CPU.
 
@@ -15,12 +15,12 @@ import chainer.links as L
 from chainer import initializers
 import numpy
 
-from capsnet_chainer import conv_kernel
 from capsnet_chainer import functions
 from capsnet_chainer.functions import mask
 from capsnet_chainer.functions import squash
-from capsnet_chainer import prediction_kernel
-from capsnet_chainer import routing_kernels
+from capsnet_chainer.kernels import conv as conv_kernel
+from capsnet_chainer.kernels import prediction as prediction_kernel
+from capsnet_chainer.kernels import routing as routing_kernel
 
 #: The reference initialises every weight from Uniform(-0.05, 0.05), biases at zero.
 DEFAULT_INITIALW = initializers.Uniform(scale=0.05)
@@ -32,7 +32,7 @@ class Convolution2D(L.Convolution2D):
     The parameters (``W`` ``(O, C, kh, kw)``, ``b``), their names and initialisation are
     those of the parent class, so model files are unchanged. Valid (unpadded),
     undilated, ungrouped convolutions run as
-    :func:`~capsnet_chainer.conv_kernel.convolution_2d` (on a GPU only with
+    :func:`~capsnet_chainer.kernels.conv.convolution_2d` (on a GPU only with
     :attr:`fast_on_gpu` and without cuDNN); others, and all of them when :attr:`fast`
     is ``False``, fall back to the parent's code (on a GPU without cuDNN, as with CuPy
     14: im2col and a matrix product).
@@ -40,9 +40,8 @@ class Convolution2D(L.Convolution2D):
     Attributes:
         fast (bool): Use the kernel where it applies (default ``True``).
         fast_on_gpu (bool): Use it on CuPy arrays too where Chainer has no cuDNN (as
-            with CuPy 14), class-wide; default ``True``: on an H200 it takes an epoch
-            from 8.1 to 5.7 s (README, "GPU"); ``False`` gives Chainer's im2col
-            convolution there.
+            with CuPy 14), class-wide; default ``True``, the faster there
+            (bench/README.md); ``False`` gives Chainer's im2col convolution.
     """
 
     fast = True
@@ -62,7 +61,7 @@ class Convolution2D(L.Convolution2D):
         Args:
             x (~chainer.Variable or array): Images ``(B, H, W, C)``, any strides.
             slope (float or None): See
-                :func:`~capsnet_chainer.conv_kernel.convolution_2d`.
+                :func:`~capsnet_chainer.kernels.conv.convolution_2d`.
 
         Returns:
             ~chainer.Variable: ``(B, H', W', O)``, C-contiguous.
@@ -80,7 +79,7 @@ class Convolution2D(L.Convolution2D):
     def kernel_on_gpu(cls):
         """Whether the kernel runs on CuPy arrays: with :attr:`fast_on_gpu`, and only
         where Chainer would not use cuDNN (none in CuPy 14); where it would, cuDNN
-        convolves. :func:`~capsnet_chainer.cli.describe_device` says the same."""
+        convolves. :func:`~capsnet_chainer.device.describe_device` says the same."""
         return cls.fast_on_gpu and not chainer.should_use_cudnn('>=auto')
 
     def _fast(self):
@@ -186,21 +185,19 @@ class DigitCapsules(chainer.Link):
     def forward(self, u):
         """Args: u ``(B, I, P)``. Returns: v ``(B, J, D)``.
 
-        Shared maps go through :func:`~capsnet_chainer.routing_kernels.shared_routing`,
+        Shared maps go through :func:`~capsnet_chainer.kernels.routing.shared_routing`,
         which never forms ``u_hat``; unshared ones through :meth:`predict_vectors` and
-        :func:`~capsnet_chainer.routing_kernels.routing`. With ``fast`` off, the same
+        :func:`~capsnet_chainer.kernels.routing.routing`. With ``fast`` off, the same
         computations run as the plain equations of :mod:`capsnet_chainer.functions`.
         """
-        if self.fast:
-            shared_routing, routing = routing_kernels.shared_routing, routing_kernels.routing
-        else:
-            shared_routing, routing = functions.shared_routing, functions.routing
+        ops = routing_kernel if self.fast else functions  # the same two functions
         if self.shared:
             B, _, P = u.shape
             u = F.reshape(u, (B, self.n_type, self.n_cell, P))  # (B, T, N, P)
-            return shared_routing(u, self.W, self.b, self.n_class, self.n_iteration,
-                                  self.grad_all_iterations)
-        return routing(self.predict_vectors(u), self.n_iteration, self.grad_all_iterations)
+            return ops.shared_routing(u, self.W, self.b, self.n_class, self.n_iteration,
+                                      self.grad_all_iterations)  # (B, J, D)
+        u_hat = self.predict_vectors(u)  # (B, J, I, D)
+        return ops.routing(u_hat, self.n_iteration, self.grad_all_iterations)  # (B, J, D)
 
 
 class Decoder(chainer.Chain):

@@ -9,14 +9,16 @@ import numpy
 
 from capsnet_chainer.functions import capsule_length
 from capsnet_chainer.functions import margin_loss
+from capsnet_chainer.functions import pair_hits
 from capsnet_chainer.functions import reconstruction_loss
+from capsnet_chainer.functions import two_digit_margin_loss
+from capsnet_chainer.functions import two_digit_reconstruction_loss
+from capsnet_chainer import inference
 from capsnet_chainer.links import Convolution2D
 from capsnet_chainer.links import DEFAULT_INITIALW
 from capsnet_chainer.links import Decoder
 from capsnet_chainer.links import DigitCapsules
 from capsnet_chainer.links import PrimaryCapsules
-from capsnet_chainer import metrics
-from capsnet_chainer import multimnist
 
 MASK_CHOICES = ('label', 'prediction')
 
@@ -119,7 +121,7 @@ class CapsNet(chainer.Chain):
 
     def scores(self, x):
         """Class scores of a batch: the capsule lengths ``(B, J)`` (what
-        :func:`capsnet_chainer.metrics.score` computes, batch by batch)."""
+        :func:`capsnet_chainer.inference.predict` computes, batch by batch)."""
         return capsule_length(self.digit_capsules(x))
 
     def decode(self, v, labels):
@@ -132,8 +134,8 @@ class CapsNet(chainer.Chain):
         Args:
             x: Images ``(B, C, H, W)``, float32.
             t: Labels ``(B,)`` int32; or ``(B, 2)`` for two overlaid digits, which gives
-                the two-digit loss of :func:`~capsnet_chainer.multimnist.two_digit_loss`
-                (both capsules present; each digit reconstructed from its own capsule).
+                the two-digit loss (both capsules present; each digit reconstructed
+                from its own capsule).
             digits: With ``(B, 2)`` labels, the two digits alone ``(B, 2, C, H, W)``,
                 the targets of their reconstructions.
 
@@ -159,17 +161,24 @@ class CapsNet(chainer.Chain):
         return loss
 
     def _pair_loss(self, x, t2, digits):
-        """The MultiMNIST loss (Sec. 6 of the paper): reports ``accuracy`` (both digits
-        are the two longest capsules) and ``accuracy/one`` (at least one is)."""
+        """The MultiMNIST loss (Sec. 6 of the paper): both capsules present, each digit
+        reconstructed from its own label's capsule, at test time too (with either
+        mask_test: which predicted capsule goes with which digit is not defined).
+        Reports ``accuracy`` (both digits are the two longest capsules) and
+        ``accuracy/one`` (at least one is)."""
         v = self.digit_capsules(x)  # (B, J, D)
         lengths = capsule_length(v)  # (B, J)
-        # Each digit is reconstructed from its own label's capsule, at test time too
-        # (with either mask_test: which predicted capsule goes with which digit is
-        # not defined).
-        loss, report = multimnist.two_digit_loss(
-            v, t2, digits, self.decode if self.reconstruct else None,
-            self.config['recon_weight'], lengths=lengths)
-        hits = multimnist.pair_hits(lengths.array, t2)  # (B, 2)
+        loss = two_digit_margin_loss(lengths, t2)
+        report = {'loss/margin': loss}
+        if self.reconstruct:
+            if digits is None:
+                raise ValueError('digits are needed to compute the reconstruction loss')
+            x_rec = F.stack([self.decode(v, t2[:, k]) for k in range(2)], axis=1)
+            recon = self.config['recon_weight'] * two_digit_reconstruction_loss(
+                x_rec, digits)  # x_rec (B, 2, C, H, W): digit k from capsule t2[:, k]
+            report['loss/recon'] = recon
+            loss = loss + recon
+        hits = pair_hits(lengths.array, t2)  # (B, 2)
         xp = chainer.backend.get_array_module(hits)
         report.update(loss=loss, accuracy=xp.mean(hits.all(axis=1), dtype=numpy.float32),
                       **{'accuracy/one': xp.mean(hits.any(axis=1), dtype=numpy.float32)})
@@ -177,15 +186,14 @@ class CapsNet(chainer.Chain):
         return loss
 
     def predict(self, x, batchsize=100):
-        """Class scores (capsule lengths) ``(B, J)`` as a NumPy array, at test time.
-
-        The same as :func:`capsnet_chainer.metrics.score`.
+        """Class scores (capsule lengths) ``(B, J)`` as a NumPy array, at test time,
+        batch by batch (:func:`capsnet_chainer.inference.predict`).
 
         Args:
             x (array): Images ``(B, C, H, W)``, on any device.
             batchsize (int): Images per forward pass.
         """
-        return metrics.score(self, x, batchsize)
+        return inference.predict(self, x, batchsize)
 
     def count_params(self):
         """Number of scalar parameters."""

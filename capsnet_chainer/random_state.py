@@ -5,8 +5,6 @@ import operator
 import random
 
 import numpy
-from chainer.iterators import SerialIterator
-from chainer.iterators import ShuffleOrderSampler
 
 
 def serialize_random_state(serializer, rng):
@@ -41,23 +39,6 @@ def set_random_seed(seed, device=None):
     numpy.random.seed(seed)
     if device is not None and device.xp is not numpy:
         device.xp.random.seed(seed)
-
-
-class SeededShuffleIterator(SerialIterator):
-    """A shuffling :class:`SerialIterator` with its own RNG, saved in snapshots.
-
-    Chainer's iterator saves the current epoch's order but not the generator that draws
-    the next ones; this one saves both, so a resumed run sees the same batches.
-    """
-
-    def __init__(self, dataset, batch_size, seed):
-        self._rng = numpy.random.RandomState(seed)
-        super().__init__(dataset, batch_size, repeat=True,
-                         order_sampler=ShuffleOrderSampler(self._rng))
-
-    def serialize(self, serializer):
-        super().serialize(serializer)
-        serialize_random_state(serializer['rng'], self._rng)
 
 
 def check_part(part):

@@ -1,5 +1,11 @@
-"""Shared fixtures. Real-digit tests read MNIST IDX files from ``CAPSNET_MNIST_DIR``
-(CI points it at ``../shared/data/mnist``); without it they look beside the checkout."""
+"""Shared fixtures and helpers. Real-digit tests read MNIST IDX files from
+``CAPSNET_MNIST_DIR`` (CI points it at ``../shared/data/mnist``); without it they look
+beside the checkout.
+
+The tests mirror the package (``tests/<subpackage>/test_<module>.py``) without being
+packages themselves: their helpers come from here (``from conftest import ...``), which
+pytest finds from every subfolder, so every test file needs a name of its own.
+"""
 
 import os
 import subprocess
@@ -31,7 +37,7 @@ def mnist_dir():
     """
     path = _mnist_dir()
     if path is None:
-        from capsnet_chainer.mnist import DatasetError, get_mnist
+        from capsnet_chainer.datasets.mnist import DatasetError, get_mnist
         try:
             get_mnist(n_train=1, n_test=1)
         except DatasetError as e:
@@ -111,3 +117,138 @@ def assert_same_outputs_and_gradients(kernel, plain, inputs, gy, rtol=1e-10, ato
     for g, g_ref in zip(grads, grads_ref):
         assert g is not None
         numpy.testing.assert_allclose(g, g_ref, rtol=rtol, atol=atol)
+
+
+# Synthetic digits (the datasets' tests)
+
+
+def ink_digits(n, seed=0, box=(4, 24, 6, 22)):
+    """Digits ``(n, 1, 28, 28)`` float32 with random ink (never zero) in ``box`` = rows
+    r0:r1, columns c0:c1, and random labels ``(n,)`` int32."""
+    rs = numpy.random.RandomState(seed)
+    r0, r1, c0, c1 = box
+    x = numpy.zeros((n, 1, 28, 28), numpy.float32)
+    x[:, :, r0:r1, c0:c1] = rs.uniform(0.2, 1.0, size=(n, 1, r1 - r0, c1 - c0))
+    return x, rs.randint(0, 10, size=n).astype(numpy.int32)
+
+
+def corner_digit():
+    """An image ``(28, 28)`` that no flip, transpose or rotation maps onto itself."""
+    x = numpy.zeros((28, 28), numpy.float32)
+    x[2, 2:12] = 1.0   # a bar along the top, at the left
+    x[3:6, 2] = 0.5    # a shorter, fainter one down from its left end
+    x[20, 17] = 0.25   # a dot low on the right
+    return x
+
+
+def fake_digits(n, n_class=10, seed=0):
+    """Distinct 28x28 'digits' ``(n, 28, 28)`` in [0, 1], each a random blob inside a
+    random box, and shuffled labels ``(n,)`` int32 (every class about as often)."""
+    rng = numpy.random.RandomState(seed)
+    images = numpy.zeros((n, 28, 28), numpy.float32)
+    for i in range(n):
+        top, left = rng.randint(0, 8, size=2)
+        h, w = rng.randint(8, 21, size=2)
+        blob = rng.uniform(0.05, 1, size=(h, w)).astype(numpy.float32)
+        blob[rng.uniform(size=(h, w)) < 0.3] = 0
+        blob[0, 0] = blob[-1, -1] = 1  # the box's corners are set: a known bbox
+        images[i, top:top + h, left:left + w] = blob
+    labels = numpy.arange(n) % n_class
+    rng.shuffle(labels)
+    return images, labels.astype(numpy.int32)
+
+
+# Two digits per image (MultiMNIST): random label pairs, and naive references
+
+
+def random_pairs(B, J=10, seed=0):
+    """Labels ``(B, 2)`` int32 of two different classes each."""
+    rng = numpy.random.RandomState(seed)
+    first = rng.randint(J, size=B)
+    second = (first + rng.randint(1, J, size=B)) % J
+    return numpy.stack([first, second], axis=1).astype(numpy.int32)
+
+
+def two_digit_margin_loss_ref(lengths, labels2):
+    """The margin loss with both digits present, one example and class at a time."""
+    total = 0.0
+    for n in range(lengths.shape[0]):
+        for k in range(lengths.shape[1]):
+            if k in (labels2[n, 0], labels2[n, 1]):
+                total += max(0.0, 0.9 - lengths[n, k]) ** 2
+            else:
+                total += 0.5 * max(0.0, lengths[n, k] - 0.1) ** 2
+    return total / lengths.shape[0]
+
+
+def two_digit_recon_loss_ref(x_rec, digits):
+    """The summed squared error of both reconstructions ``(B, 2, ...)``, pixel by pixel,
+    over the batch."""
+    total = 0.0
+    for n in range(x_rec.shape[0]):
+        for k in range(2):
+            for e, d in zip(x_rec[n, k].ravel(), digits[n, k].ravel()):
+                total += (float(e) - float(d)) ** 2
+    return total / x_rec.shape[0]
+
+
+def pair_accuracy_ref(scores, labels2):
+    """``(both, at least one)``: the fractions of rows whose two labels are both, or at
+    least one, among the two highest scores."""
+    both = one = 0
+    for n in range(len(scores)):
+        order = sorted(range(scores.shape[1]), key=lambda k: -scores[n, k])
+        top = {order[0], order[1]}
+        found = [int(labels2[n, k]) in top for k in range(2)]
+        both += all(found)
+        one += any(found)
+    return both / len(scores), one / len(scores)
+
+
+# Figures (the evaluation's and the trainer's)
+
+
+def sharp_capsnet(scale=10):
+    """An untrained CapsNet whose decoder reacts strongly to its input.
+
+    The default initialisation decodes every capsule to nearly the same grey image;
+    scaling the decoder's weights makes every mask and perturbation give a different
+    image, so a wrong order or a wrong mask shows in the tiles.
+    """
+    from capsnet_chainer import CapsNet
+    model = CapsNet(reconstruct=True)
+    for link in (model.decoder.fc1, model.decoder.fc2, model.decoder.fc3):
+        link.W.array *= scale
+    return model
+
+
+def seeded_sharp_capsnet():
+    """:func:`sharp_capsnet` from seed 0, leaving ``numpy.random``'s state as it was."""
+    state = numpy.random.get_state()
+    numpy.random.seed(0)  # the initializers draw from numpy.random
+    try:
+        return sharp_capsnet()
+    finally:
+        numpy.random.set_state(state)
+
+
+def figure_samples():
+    """20 random images ``(20, 1, 28, 28)`` and labels 0, 0, 1, 1, ..., 9, 9."""
+    rng = numpy.random.RandomState(0)
+    x = rng.rand(20, 1, 28, 28).astype(numpy.float32)
+    t = numpy.repeat(numpy.arange(10), 2).astype(numpy.int32)
+    return x, t
+
+
+def independent_decode(model, x, labels, edit=None):
+    """Decoder output ``(N, 28, 28)`` computed directly from the model's methods."""
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        v = model.digit_capsules(x).array
+        if edit is not None:
+            edit(v)
+        return model.decode(v, numpy.asarray(labels, numpy.int32)).array[:, 0]
+
+
+def row_cmaps(names, n_col):
+    """Colour maps ``(R, C)``: row ``r`` all ``names[r]``."""
+    return [[name] * n_col for name in names]

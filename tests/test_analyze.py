@@ -17,8 +17,8 @@ from chainer import testing
 from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
 from capsnet_chainer import save_model
-from capsnet_chainer.mnist import get_mnist
-from capsnet_chainer.modelfile import read_model_file
+from capsnet_chainer.datasets.mnist import get_mnist
+from capsnet_chainer.io.modelfile import read_model_file
 from conftest import is_green
 from conftest import tile_colours
 

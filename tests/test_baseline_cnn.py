@@ -9,15 +9,14 @@ import chainer
 import numpy
 import pytest
 
-from capsnet_chainer import metrics
-from capsnet_chainer import multimnist
 from capsnet_chainer.baseline_cnn import BaselineCNN
+from capsnet_chainer.evaluation import metrics
+from capsnet_chainer.io.modelfile import CONFIG_KEY
+from capsnet_chainer.io.modelfile import load_model
+from capsnet_chainer.io.modelfile import ModelFileError
+from capsnet_chainer.io.modelfile import read_model_file
+from capsnet_chainer.io.modelfile import save_model
 from capsnet_chainer.model import CapsNet
-from capsnet_chainer.modelfile import CONFIG_KEY
-from capsnet_chainer.modelfile import load_model
-from capsnet_chainer.modelfile import ModelFileError
-from capsnet_chainer.modelfile import read_model_file
-from capsnet_chainer.modelfile import save_model
 
 
 def conv_params(c_in, c_out, k):
@@ -149,7 +148,7 @@ def test_pair_loss_is_the_sigmoid_cross_entropy_of_the_two_hot_target():
     numpy.testing.assert_allclose(float(loss.array), naive_sigmoid_pair_loss(logits, t2),
                                   rtol=1e-5)
     assert set(observation) == {'main/loss', 'main/accuracy', 'main/accuracy/one'}
-    both, one = multimnist.pair_accuracy(logits, t2)
+    both, one = metrics.pair_accuracy(logits, t2)
     assert 0 < one and both < 1  # the check below sees both kinds of rows
     assert float(observation['main/accuracy']) == pytest.approx(both)
     assert float(observation['main/accuracy/one']) == pytest.approx(one)

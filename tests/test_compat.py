@@ -127,23 +127,6 @@ def test_quiet_cudnn_warning_is_a_no_op_without_cupy(monkeypatch):
     assert compat.quiet_cudnn_warning() is False
 
 
-def test_describe_device_names_the_cpu():
-    from capsnet_chainer import cli
-    assert cli.describe_device(cli.get_device(-1)) == '@numpy'
-
-
-@pytest.mark.gpu
-def test_describe_device_says_whether_cudnn_is_used():
-    pytest.importorskip('cupy')
-    from chainer.backends import cuda
-    from capsnet_chainer import cli
-    if not cuda.available:
-        pytest.skip('no usable CuPy')
-    line = cli.describe_device(cli.get_device(0))
-    assert line.startswith('@cupy:0 (') and 'CuPy' in line
-    assert ('no cuDNN' in line) == (not cuda.cudnn_enabled)
-
-
 def test_real_cupy_import_prints_no_warning():
     """Where CuPy is installed (GPU machines, or CuPy without its CUDA libraries):
     importing the package prints nothing, NCCL or cuDNN notwithstanding."""
@@ -153,17 +136,3 @@ def test_real_cupy_import_prints_no_warning():
                           text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == '', proc.stderr
-
-
-def test_missing_cuda_libraries_point_to_the_ctk_extra(monkeypatch):
-    from chainer.backends import cuda
-    from capsnet_chainer import cli
-    monkeypatch.setattr(cuda, 'available', False)
-    monkeypatch.setattr(cuda, '_resolution_error', RuntimeError(
-        'Failure finding "libcublasLt.so.13 or libcublasLt.so.12": No such file'),
-        raising=False)
-    with pytest.raises(cli.DeviceError) as e:
-        cli.get_device(0)
-    assert str(e.value).startswith('-g 0: CuPy is installed but the CUDA libraries are '
-                                   'not found (Failure finding')
-    assert 'cupy-cuda13x[ctk]' in str(e.value)

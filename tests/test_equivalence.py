@@ -5,12 +5,13 @@
 type ``k`` at a grid cell as channels ``8k .. 8k+7``, one ``8 -> 160`` product per
 primary capsule with its type's (or its own) matrix, the library's plain routing
 (:func:`capsnet_chainer.functions.routing`, Procedure 1), the decoder. The kernels
-themselves are compared with the library's plain functions in test_routing_kernels.py
-and with Chainer's convolution in test_conv_kernel.py. For every switch of
-:class:`CapsNet` the fast model's outputs, loss and the gradients of every parameter
-and of the input must agree with it: to rounding in float64, and to float32 precision
-in float32. Every test runs on the CPU and, under ``-m gpu``, on a CuPy GPU: there the
-convolutions are Chainer's own unless ``Convolution2D.fast_on_gpu`` (both are tested).
+themselves are compared with the library's plain functions in kernels/test_routing.py
+and kernels/test_prediction.py, and with Chainer's convolution in kernels/test_conv.py.
+For every switch of :class:`CapsNet` the fast model's outputs, loss and the gradients
+of every parameter and of the input must agree with it: to rounding in float64, and to
+float32 precision in float32. Every test runs on the CPU and, under ``-m gpu``, on a
+CuPy GPU: there the convolutions are Chainer's own unless
+``Convolution2D.fast_on_gpu`` (both are tested).
 """
 
 import chainer
@@ -21,11 +22,11 @@ from chainer import testing
 from chainer.backends.cuda import to_cpu
 
 from capsnet_chainer import CapsNet
-from capsnet_chainer import conv_kernel
 from capsnet_chainer import links
 from capsnet_chainer.functions import EPS
 from capsnet_chainer.functions import routing
 from capsnet_chainer.functions import squash
+from capsnet_chainer.kernels import conv as conv_kernel
 from conftest import get_device
 
 

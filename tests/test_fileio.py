@@ -2,6 +2,7 @@ import errno
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -10,6 +11,7 @@ from chainer import testing
 from capsnet_chainer.fileio import BackgroundWriter
 from capsnet_chainer.fileio import file_sha256
 from capsnet_chainer.fileio import ImmediateWriter
+from capsnet_chainer.fileio import remove_stale_temp_files
 from capsnet_chainer.fileio import write_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +120,46 @@ def test_a_process_that_fails_completes_its_background_writes(tmp_path):
     assert proc.returncode == 1 and 'training failed' in proc.stderr
     assert (tmp_path / 'snapshot').read_bytes() == b'complete'
     assert os.listdir(str(tmp_path)) == ['snapshot']
+
+
+def test_remove_stale_temp_files_removes_only_write_atomics_leftovers(tmp_path):
+    names = ['.snapshot_iter_4.ab12cd34.tmp', '.log.x_y_z_12.tmp', 'snapshot_epoch_1',
+             'notes.tmp', '.hidden', '.short.abc.tmp', '.UPPER.ABCDEFGH.tmp']
+    for name in names:
+        (tmp_path / name).write_bytes(b'x')
+    (tmp_path / '.folder.abcdefgh.tmp').mkdir()  # a folder is not a file of ours
+    removed = remove_stale_temp_files(str(tmp_path))
+    assert sorted(removed) == sorted(str(tmp_path / n) for n in (
+        '.snapshot_iter_4.ab12cd34.tmp', '.log.x_y_z_12.tmp'))
+    assert sorted(os.listdir(str(tmp_path))) == sorted(
+        ['snapshot_epoch_1', 'notes.tmp', '.hidden', '.short.abc.tmp',
+         '.UPPER.ABCDEFGH.tmp', '.folder.abcdefgh.tmp'])
+
+
+def test_remove_stale_temp_files_of_one_name_and_of_a_missing_folder(tmp_path):
+    (tmp_path / '.best.abcd1234.tmp').write_bytes(b'x')
+    (tmp_path / '.best_model.abcd1234.tmp').write_bytes(b'x')
+    assert remove_stale_temp_files(str(tmp_path), 'best') == [
+        str(tmp_path / '.best.abcd1234.tmp')]
+    assert os.listdir(str(tmp_path)) == ['.best_model.abcd1234.tmp']
+    assert remove_stale_temp_files(str(tmp_path / 'missing')) == []
+
+
+def test_the_temporary_files_of_write_atomic_are_those_it_removes(tmp_path):
+    """A write killed before its rename leaves the file that write_atomic names as
+    ``tempfile`` does; the clean-up recognises it (and write_atomic's own failure
+    leaves nothing)."""
+    fd, leftover = tempfile.mkstemp(prefix='.model.', suffix='.tmp', dir=str(tmp_path))
+    os.close(fd)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(str(tmp_path / 'model'), lambda f: (f.write(b'half'), _interrupt()))
+    assert os.listdir(str(tmp_path)) == [os.path.basename(leftover)]
+    assert remove_stale_temp_files(str(tmp_path), 'model') == [leftover]
+    assert os.listdir(str(tmp_path)) == []
+
+
+def _interrupt():
+    raise KeyboardInterrupt
 
 
 testing.run_module(__name__, __file__)

@@ -6,6 +6,9 @@ from chainer import gradient_check
 from chainer import testing
 
 from capsnet_chainer import functions
+from conftest import random_pairs
+from conftest import two_digit_margin_loss_ref
+from conftest import two_digit_recon_loss_ref
 
 
 def squash_ref(s):
@@ -252,4 +255,120 @@ def test_mask_keeps_one_capsule():
         assert (others == 0).all()
 
 
+# Two digits per image (MultiMNIST, Sec. 6 of the paper)
+
+
+def test_two_digit_margin_loss_against_loops():
+    rng = numpy.random.RandomState(3)
+    lengths = rng.uniform(0, 1, size=(8, 10)).astype(numpy.float32)
+    labels2 = random_pairs(8)
+    loss = functions.two_digit_margin_loss(lengths, labels2)
+    assert loss.shape == ()
+    numpy.testing.assert_allclose(loss.array, two_digit_margin_loss_ref(lengths, labels2),
+                                  rtol=1e-5)
+    # Hand-made: both present classes at 0.9 and the others at 0.1 cost nothing.
+    perfect = numpy.full((1, 10), 0.1, numpy.float32)
+    perfect[0, [2, 7]] = 0.9
+    assert functions.two_digit_margin_loss(perfect, numpy.array([[7, 2]])).array == 0
+    # Swapping the two labels changes nothing.
+    numpy.testing.assert_allclose(
+        functions.two_digit_margin_loss(lengths, labels2[:, ::-1].copy()).array,
+        loss.array, rtol=1e-6)
+
+
+def test_two_digit_margin_loss_with_equal_labels_counts_the_class_once():
+    lengths = numpy.random.RandomState(7).uniform(size=(3, 10)).astype(numpy.float32)
+    t = numpy.array([3, 0, 9], numpy.int32)
+    numpy.testing.assert_allclose(
+        functions.two_digit_margin_loss(lengths, numpy.stack([t, t], axis=1)).array,
+        functions.margin_loss(lengths, t).array, rtol=1e-6)
+
+
+def test_two_digit_margin_loss_backward():
+    rng = numpy.random.RandomState(4)
+    lengths = rng.uniform(0, 1, size=(5, 10))
+    lengths[abs(lengths - 0.9) < 0.02] = 0.5  # away from the kinks
+    lengths[abs(lengths - 0.1) < 0.02] = 0.5
+    labels2 = random_pairs(5, seed=1)
+    gradient_check.check_backward(
+        lambda x: functions.two_digit_margin_loss(x, labels2), lengths,
+        numpy.array(rng.randn()), dtype=numpy.float64)
+    gradient_check.check_double_backward(
+        lambda x: functions.two_digit_margin_loss(x, labels2), lengths,
+        numpy.array(rng.randn()), rng.randn(5, 10), dtype=numpy.float64)
+
+
+def test_two_digit_reconstruction_loss_against_loops():
+    rng = numpy.random.RandomState(5)
+    x_rec = rng.uniform(size=(3, 2, 1, 6, 6)).astype(numpy.float32)
+    digits = rng.uniform(size=(3, 2, 1, 6, 6)).astype(numpy.float32)
+    loss = functions.two_digit_reconstruction_loss(x_rec, digits)
+    numpy.testing.assert_allclose(loss.array, two_digit_recon_loss_ref(x_rec, digits), rtol=1e-5)
+    gradient_check.check_backward(
+        lambda r: functions.two_digit_reconstruction_loss(r, digits.astype(numpy.float64)),
+        x_rec.astype(numpy.float64), numpy.array(rng.randn()), dtype=numpy.float64)
+
+
+def test_top_two_matches_a_stable_sort_and_breaks_ties_low():
+    rng = numpy.random.RandomState(1)
+    scores = rng.randint(0, 4, (500, 10)).astype(numpy.float32)  # many ties
+    expected = numpy.argsort(-scores, axis=1, kind='stable')[:, :2]
+    numpy.testing.assert_array_equal(functions.top_two(scores), expected)
+
+
+def test_top_two_is_the_highest_then_the_second_highest():
+    scores = numpy.array([[.1, .9, .3, .8], [.7, .2, .7, .1], [0, 0, 0, 0]], numpy.float32)
+    assert functions.top_two(scores).tolist() == [[1, 3], [0, 2], [0, 1]]
+    assert functions.top_two(scores).shape == (3, 2)
+    assert scores[1, 0] == .7 and scores[1, 2] == .7  # the input is not changed
+
+
+def test_pair_hits_say_which_labels_are_among_the_top_two():
+    scores = numpy.array([[.9, .8, .1, 0],   # top {0, 1}
+                          [.9, .1, .8, 0],   # top {0, 2}
+                          [.1, .2, .3, .4]])  # top {3, 2}
+    labels2 = numpy.array([[1, 0], [0, 1], [0, 1]])
+    hits = functions.pair_hits(scores, labels2)
+    assert hits.dtype == bool and hits.shape == (3, 2)
+    assert hits.tolist() == [[True, True], [True, False], [False, False]]
+    # The order of the two labels does not matter
+    assert functions.pair_hits(scores, labels2[:, ::-1]).tolist() == [
+        [True, True], [False, True], [False, False]]
+
+
+@pytest.mark.gpu
+def test_two_digit_losses_on_gpu_match_cpu():
+    cupy = pytest.importorskip('cupy')
+    rng = numpy.random.RandomState(8)
+    lengths = rng.uniform(size=(6, 10)).astype(numpy.float32)
+    labels2 = random_pairs(6, seed=3)
+    numpy.testing.assert_allclose(
+        cupy.asnumpy(functions.two_digit_margin_loss(cupy.asarray(lengths),
+                                                     cupy.asarray(labels2)).array),
+        functions.two_digit_margin_loss(lengths, labels2).array, rtol=1e-5)
+    x_rec, digits = rng.uniform(size=(2, 6, 2, 1, 4, 4)).astype(numpy.float32)
+    numpy.testing.assert_allclose(
+        cupy.asnumpy(functions.two_digit_reconstruction_loss(
+            cupy.asarray(x_rec), cupy.asarray(digits)).array),
+        functions.two_digit_reconstruction_loss(x_rec, digits).array, rtol=1e-5)
+    hits = functions.pair_hits(cupy.asarray(lengths), cupy.asarray(labels2))
+    assert isinstance(hits, cupy.ndarray)
+    numpy.testing.assert_array_equal(cupy.asnumpy(hits), functions.pair_hits(lengths, labels2))
+
+
 testing.run_module(__name__, __file__)
+
+
+def test_routing_iterations_yield_each_iteration_of_routing():
+    u_hat = numpy.random.RandomState(3).randn(2, 4, 6, 5)  # (B, J, I, D)
+    steps = list(functions.routing_iterations(u_hat, n_iteration=3))
+    assert len(steps) == 3
+    for c, v in steps:
+        assert c.shape == (2, 4, 6) and v.shape == (2, 4, 5)
+        numpy.testing.assert_allclose(c.array.sum(axis=1), 1, rtol=1e-12)  # over digits
+    numpy.testing.assert_allclose(steps[0][0].array, 1 / 4, rtol=1e-12)  # b starts at 0
+    assert not numpy.allclose(steps[1][0].array, 1 / 4)  # the agreement moved them
+    numpy.testing.assert_array_equal(steps[-1][1].array,
+                                     functions.routing(u_hat, n_iteration=3).array)
+    with pytest.raises(ValueError):
+        list(functions.routing_iterations(u_hat, n_iteration=0))

@@ -18,17 +18,17 @@ from chainer import gradient_check
 from chainer.backends.cuda import to_cpu
 
 from capsnet_chainer import CapsNet
-from capsnet_chainer import conv_kernel
 from capsnet_chainer import functions
 from capsnet_chainer import links
-from capsnet_chainer import prediction_kernel
-from capsnet_chainer import routing_kernels
-from capsnet_chainer.mnist import get_mnist
+from capsnet_chainer.datasets.mnist import get_mnist
+from capsnet_chainer.kernels import conv as conv_kernel
+from capsnet_chainer.kernels import prediction as prediction_kernel
+from capsnet_chainer.kernels import routing as routing_kernels
 from conftest import get_device
 from conftest import run_train
-from test_train import TINY
 from test_train import read_log
 from test_train import snapshot_weights
+from test_train import TINY
 
 gpu = pytest.mark.gpu
 
@@ -64,9 +64,9 @@ def test_convolution_kernel_gradient_check_on_gpu(cupy_device, slope, stride, pi
         atol=1e-6, rtol=1e-5)
 
 
-def shared_inputs(B=2, K=2, N=3, E=3, J=3, D=4):
-    return (numpy.random.randn(B, K, N, E), numpy.random.randn(K, E, J * D) * 0.5,
-            numpy.random.randn(K, J * D) * 0.5)
+def shared_inputs(B=2, T=2, N=3, P=3, J=3, D=4):
+    return (numpy.random.randn(B, T, N, P), numpy.random.randn(T, P, J * D) * 0.5,
+            numpy.random.randn(T, J * D) * 0.5)
 
 
 @gpu
@@ -88,7 +88,7 @@ def test_routing_kernels_gradient_check_on_gpu(cupy_device, n_iteration):
 @gpu
 @pytest.mark.parametrize('n_cell', [1, 5])
 def test_prediction_kernel_gradient_check_on_gpu(cupy_device, n_cell):
-    u, W, b = shared_inputs(B=3, K=4 if n_cell > 1 else 20, N=n_cell, J=6)
+    u, W, b = shared_inputs(B=3, T=4 if n_cell > 1 else 20, N=n_cell, J=6)
     u = u.reshape((3, -1, 3))
     gy = numpy.random.randn(3, 6, u.shape[1], 4)
     gradient_check.check_backward(

@@ -1,9 +1,17 @@
 import chainer
 import numpy
 import pytest
+from chainer import gradient_check
 from chainer import testing
 
 from capsnet_chainer import CapsNet
+from capsnet_chainer.datasets import multimnist
+from capsnet_chainer.evaluation import metrics
+from conftest import fake_digits
+from conftest import pair_accuracy_ref
+from conftest import random_pairs
+from conftest import two_digit_margin_loss_ref
+from conftest import two_digit_recon_loss_ref
 
 REFERENCE_PARAMS = 6787088   # SPEC: conv1 20,992 + primary 5,308,672 + 46,080 + 1,411,344
 UNSHARED_PARAMS = 8215568    # one 8x160 matrix per primary capsule, no bias (paper: 8.2M)
@@ -126,6 +134,131 @@ def test_fast_kernels_off_gives_the_same_capsules_and_is_not_configuration():
     with chainer.no_backprop_mode():
         numpy.testing.assert_allclose(plain.digit_capsules(x).array,
                                       model.digit_capsules(x).array, rtol=1e-4, atol=1e-6)
+
+
+# Two digits per image (MultiMNIST): labels (B, 2) give the pair loss
+
+
+class GivenCapsules(CapsNet):
+    """A CapsNet whose digit capsules are its input ``v`` ``(B, J, D)``: its loss is the
+    loss of given capsules, through its own decoder (``in_shape`` then only sizes the
+    decoder's output; the convolutions never run)."""
+
+    def digit_capsules(self, v):
+        return v
+
+
+def decode_ref(model, v, label):
+    """One example: the capsule ``label`` of ``v`` ``(J, D)`` alone through the decoder's
+    three layers (ReLU, ReLU, sigmoid), flat."""
+    J, D = v.shape
+    h = numpy.zeros(J * D)
+    h[label * D:(label + 1) * D] = v[label]
+    for fc in (model.decoder.fc1, model.decoder.fc2):
+        h = numpy.maximum(fc.W.array @ h + fc.b.array, 0)
+    fc = model.decoder.fc3
+    return 1 / (1 + numpy.exp(-(fc.W.array @ h + fc.b.array)))
+
+
+def test_pair_loss_is_the_margin_loss_of_both_plus_each_digits_reconstruction():
+    """With labels ``(B, 2)``: the two-digit margin loss, plus the reconstruction of each
+    digit from its own label's capsule against that digit alone, weighted."""
+    rng = numpy.random.RandomState(6)
+    B, J, D = 4, 10, 16
+    with chainer.using_config('dtype', numpy.float64):
+        model = GivenCapsules(reconstruct=True, in_shape=(1, 4, 5))
+    for fc in (model.decoder.fc1, model.decoder.fc2, model.decoder.fc3):
+        fc.W.array *= 10  # each capsule decodes to its own image (see sharp_capsnet)
+    v = rng.randn(B, J, D) * 0.3
+    labels2 = random_pairs(B, seed=2)
+    digits = rng.uniform(size=(B, 2, 1, 4, 5))
+    obs = reported(model, model, v, labels2, digits)
+    assert set(obs) == {'main/loss', 'main/loss/margin', 'main/loss/recon', 'main/accuracy',
+                        'main/accuracy/one'}
+    lengths = numpy.sqrt((v * v).sum(axis=-1))
+    rec = numpy.stack([[decode_ref(model, v[n], labels2[n, k]) for k in range(2)]
+                       for n in range(B)]).reshape((B, 2, 1, 4, 5))
+    margin = two_digit_margin_loss_ref(lengths, labels2)
+    recon = 0.0005 * two_digit_recon_loss_ref(rec, digits)
+    numpy.testing.assert_allclose(obs['main/loss/margin'], margin, rtol=1e-6)
+    numpy.testing.assert_allclose(obs['main/loss/recon'], recon, rtol=1e-6)
+    numpy.testing.assert_allclose(obs['main/loss'], margin + recon, rtol=1e-6)
+    # Digit k is reconstructed from its own label's capsule, not from the other one's:
+    # against the reference reconstructions themselves the loss is 0, swapped it is not
+    assert reported(model, model, v, labels2, rec)['main/loss/recon'] < 1e-20
+    assert reported(model, model, v, labels2, rec[:, ::-1].copy())['main/loss/recon'] > 1e-4
+    both, one = pair_accuracy_ref(lengths, labels2)
+    assert obs['main/accuracy'] == pytest.approx(both)
+    assert obs['main/accuracy/one'] == pytest.approx(one)
+    # Without reconstruction: the margin loss alone
+    with chainer.using_config('dtype', numpy.float64):
+        margin_only = GivenCapsules(in_shape=(1, 4, 5))
+    obs = reported(margin_only, margin_only, v, labels2)
+    assert set(obs) == {'main/loss', 'main/loss/margin', 'main/accuracy',
+                        'main/accuracy/one'}
+    numpy.testing.assert_allclose(obs['main/loss'], margin, rtol=1e-6)
+    with pytest.raises(ValueError, match='digits are needed'):
+        model(v, labels2)
+    with chainer.using_config('dtype', numpy.float64):
+        weighted = GivenCapsules(reconstruct=True, recon_weight=0.5, in_shape=(1, 4, 5))
+    gradient_check.check_backward(
+        lambda v: weighted(v, labels2, digits), v, numpy.array(rng.randn()),
+        dtype=numpy.float64, atol=1e-4, rtol=1e-4)
+
+
+def test_capsnet_36x36_unshared_has_the_papers_11_36m_parameters():
+    model = CapsNet(shared_weights=False, in_shape=(1, 36, 36))
+    assert model.count_params() == 11361808
+
+
+def test_capsnet_36x36_forward_on_pairs():
+    images, labels = fake_digits(10)
+    x, labels2, digits = multimnist.make_test_set(images, labels, 2, seed=0)
+    model = CapsNet(shared_weights=False, in_shape=(1, 36, 36), reconstruct=True)
+    capsules = model.digit_capsules
+    v = capsules(x)
+    assert v.shape == (2, 10, 16)
+    observation = {}
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', model)
+    with reporter.scope(observation):
+        loss = model(x, labels2, digits)
+    assert numpy.isfinite(loss.array)
+    assert {'main/loss/margin', 'main/loss/recon'} <= set(observation)
+    model.cleargrads()
+    loss.backward()
+    grads = [p.grad for p in model.params()]
+    assert all(g is not None and numpy.isfinite(g).all() for g in grads)
+    assert all((g != 0).any() for g in grads)  # the decoder's and the encoder's
+
+
+def test_capsnet_reports_the_pair_loss_and_accuracies():
+    rng = numpy.random.RandomState(2)
+    x, t2, single = multimnist.make_test_set(rng.uniform(0, 1, (30, 28, 28)),
+                                             numpy.arange(30) % 10, 8, seed=4)
+    model = CapsNet(in_shape=(1, 36, 36), reconstruct=True)
+    model.cleargrads()
+    observation = {}
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', model)
+    with reporter.scope(observation):
+        loss = model(x, t2, single)
+    loss.backward()
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        v = model.digit_capsules(x).array
+    lengths = numpy.sqrt((v ** 2).sum(axis=2))
+    recon = sum(((metrics.decode(model, v, t2[:, k]) - single[:, k, 0]) ** 2).sum()
+                for k in range(2)) / len(x)
+    margin = two_digit_margin_loss_ref(lengths, t2)
+    numpy.testing.assert_allclose(float(observation['main/loss/margin'].array), margin,
+                                  rtol=1e-5)
+    numpy.testing.assert_allclose(float(observation['main/loss/recon'].array),
+                                  0.0005 * recon, rtol=1e-4)
+    numpy.testing.assert_allclose(float(loss.array), margin + 0.0005 * recon, rtol=1e-5)
+    both, one = metrics.pair_accuracy(lengths, t2)
+    assert float(observation['main/accuracy']) == pytest.approx(both)
+    assert float(observation['main/accuracy/one']) == pytest.approx(one)
+    assert model.decoder.fc1.W.grad is not None and abs(model.decoder.fc1.W.grad).sum() > 0
 
 
 testing.run_module(__name__, __file__)

@@ -8,10 +8,10 @@ import pytest
 
 from capsnet_chainer import CapsNet
 from capsnet_chainer import load_model
-from capsnet_chainer.mnist import get_mnist
-from capsnet_chainer.modelfile import CONFIG_KEY
-from capsnet_chainer.modelfile import META_KEY
-from capsnet_chainer.modelfile import REFERENCE_CONFIG
+from capsnet_chainer.datasets.mnist import get_mnist
+from capsnet_chainer.io.modelfile import CONFIG_KEY
+from capsnet_chainer.io.modelfile import META_KEY
+from capsnet_chainer.io.modelfile import REFERENCE_CONFIG
 from conftest import REPO
 
 SHIPPED = os.path.join(REPO, 'models', 'capsnet_mnist.npz')

@@ -1,14 +1,22 @@
 """train.py end to end, through its command line, on real MNIST digits."""
 
+import importlib.util
 import json
 import os
+import re
+
+import capsnet_chainer  # noqa: F401  (before chainer: restores numpy.sctypes)
 
 import chainer
 import numpy
 import pytest
 from chainer import testing
 
+from capsnet_chainer import cli
 from capsnet_chainer import load_model
+from capsnet_chainer.baseline_cnn import BaselineCNN
+from capsnet_chainer.errors import SettingError
+from conftest import REPO
 from conftest import run_train
 from test_dependability import without_time
 
@@ -158,7 +166,7 @@ def test_validation_holds_out_the_last_images_and_chooses_the_model(tmp_path, mn
 
 
 def test_model_file_records_its_provenance(tiny_runs):
-    import capsnet_chainer.provenance as prov
+    import capsnet_chainer.io.provenance as prov
     _, meta = load_model(str(tiny_runs['straight'] / 'best'))
     assert meta['selection']['key'] == 'validation/main/accuracy'
     assert 'reference' in meta['selection']['rule']
@@ -169,11 +177,6 @@ def test_model_file_records_its_provenance(tiny_runs):
     assert meta['saved'].endswith('+00:00') and meta['train_args']['seed'] == 789
     assert meta['validation/main/accuracy_correct'] == round(
         32 * meta['validation/main/accuracy'])
-
-
-def test_git_commit_is_none_outside_a_checkout(tmp_path):
-    import capsnet_chainer.provenance as prov
-    assert prov.git_commit(str(tmp_path)) is None
 
 
 @pytest.mark.parametrize('flags, message', [
@@ -192,7 +195,7 @@ def test_a_training_set_smaller_than_a_batch_is_refused(tmp_path, mnist_dir, fla
 
 def test_public_api_step_on_real_digits(mnist_dir):
     from capsnet_chainer import CapsNet
-    from capsnet_chainer.mnist import get_mnist
+    from capsnet_chainer.datasets.mnist import get_mnist
     train, _ = get_mnist(data_dir=mnist_dir, n_train=8, n_test=1)
     x, t = chainer.dataset.concat_examples(train[:8])
     model = CapsNet(reconstruct=True)
@@ -200,6 +203,128 @@ def test_public_api_step_on_real_digits(mnist_dir):
     optimizer.setup(model)
     optimizer.update(model, x, t)
     assert numpy.isfinite(model.conv1.W.grad).all()
+
+
+def test_a_cpu_run_says_early_how_long_it_will_take(trained_run):
+    """Once, early in the first epoch (after 6 of its 20 steps, before the progress bar's
+    first report at step 10), with the advice for the CPU."""
+    stdout = trained_run['stdout']
+    lines = [line for line in stdout.splitlines() if '# at ' in line]
+    assert len(lines) == 1, lines
+    assert re.match(r'# at \d+\.\d\d s per step \(20 steps an epoch\), 3 epochs take about '
+                    r'\d+(\.\d)? (seconds|minutes|hours|days) of training steps, more with '
+                    r'the test set every epoch\. To go faster: train on a GPU \(-g 0\), on '
+                    r'fewer images \(--n-train N\) or for fewer epochs \(-e N\)$', lines[0])
+    assert stdout.index('# at ') < stdout.index(' 10 iter, 0 epoch / 3 epochs')
+
+
+# train.py's own functions: the flags, the settings of a resume
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location('train_script',
+                                                  os.path.join(REPO, 'train.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def train():
+    return load_train_module()
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--reconstruct'], '--reconstruct configures CapsNet; --model cnn has no use for it'),
+    (['--recon'], '--reconstruct configures CapsNet'),
+    (['--recon-weight', '0.1'], '--recon-weight configures CapsNet'),
+    (['--leaky-slope', '0'], '--leaky-slope configures CapsNet'),
+    (['--n-iteration', '2'], '--n-iteration configures CapsNet'),
+    (['--unshared'], '--unshared configures CapsNet'),
+    (['--squash-primary'], '--squash-primary configures CapsNet'),
+    (['--routing-grad', 'last'], '--routing-grad configures CapsNet'),
+    (['--mask-test', 'prediction'], '--mask-test configures CapsNet'),
+    (['--vis-every', '1'], '--vis-every draws reconstructions, and --model cnn has no '
+                           'decoder'),
+])
+def test_capsnet_flags_are_refused(train, flags, message, tmp_path):
+    out = ['-o', str(tmp_path / 'result')]
+    args = train.parse_args(['--model', 'cnn'] + flags + out)  # parsed, then checked
+    with pytest.raises(cli.CLIError) as e:
+        train.check_args(args)
+    assert e.value.exit_code == cli.EXIT_USAGE == 2
+    assert message in str(e.value)
+    # Without --model cnn, CapsNet takes them
+    args = train.parse_args(flags + out)
+    train.check_args(args)
+    assert args.model == 'capsnet'
+
+
+def test_capsnet_flags_at_their_defaults_are_accepted(train, tmp_path):
+    args = train.parse_args(['--model', 'cnn', '--leaky-slope', '0.05', '--n-iteration', '3',
+                             '--mask-test', 'label', '-o', str(tmp_path / 'result')])
+    train.check_args(args)
+    assert args.model == 'cnn'
+    model = train.build_model(args, (1, 12, 12))
+    assert isinstance(model, BaselineCNN) and model.config['in_shape'] == [1, 12, 12]
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--decay', '0'], 'argument --decay/-d: must be in (0, 1], got 0'),
+    (['--decay', '1.5'], 'must be in (0, 1], got 1.5'),
+    (['--alpha', '0'], 'argument --alpha: must be > 0, got 0'),
+    (['--alpha', 'inf'], 'argument --alpha: must be a finite number, got inf'),
+    (['--min-alpha=-1e-5'], 'argument --min-alpha: must be >= 0, got -1e-5'),
+    (['--recon-weight', '-0.1'], 'argument --recon-weight: must be >= 0, got -0.1'),
+    (['--leaky-slope', 'nan'], 'argument --leaky-slope: must be a finite number, got nan'),
+    (['--leaky-slope', '-0.05'], 'argument --leaky-slope: must be >= 0, got -0.05'),
+    (['-b', '0'], 'argument --batchsize/-b: must be a positive integer, got 0'),
+])
+def test_parse_args_refuses_values_out_of_range(train, capsys, flags, message):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(flags)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and message in err
+
+
+def test_parse_args_only_parses_and_check_args_sets_the_protocols_shift(train, tmp_path):
+    out = ['-o', str(tmp_path / 'result')]
+    for dataset, shift in (('mnist', 2), ('fashion-mnist', 2), ('multimnist', 4),
+                           ('affnist', None)):
+        args = train.parse_args(['--dataset', dataset] + out)
+        assert args.max_shift is None  # not yet the protocol's
+        train.check_args(args)
+        assert args.max_shift == shift, dataset
+    args = train.parse_args(['--max-shift', '5'] + out)
+    train.check_args(args)
+    assert args.max_shift == 5
+    args = train.parse_args(['--dataset', 'affnist', '--max-shift', '2'] + out)
+    with pytest.raises(SettingError) as e:
+        train.check_args(args)
+    assert cli.describe(e.value) == ('--max-shift: --dataset affnist places each digit at '
+                                     'random on the 40x40 canvas and shifts nothing')
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(cli.CLIError, match='is a file, not a folder'):
+        train.check_args(train.parse_args(['-o', str(tmp_path / 'file')]))
+    with pytest.raises(cli.CLIError, match='is a folder; give a file name'):
+        train.check_args(train.parse_args(out + ['--save', str(tmp_path)]))
+
+
+def test_resumable_changes_are_the_where_how_long_and_bookkeeping_flags(train):
+    assert set(train.BOOKKEEPING_FLAGS) <= set(train.RESUMABLE_CHANGES)
+    assert {'epoch', 'out', 'save', 'data_dir'} <= set(train.RESUMABLE_CHANGES)
+    assert not {'seed', 'batchsize', 'alpha', 'reconstruct'} & set(train.RESUMABLE_CHANGES)
+
+
+def test_run_settings_are_every_flag_but_the_resumable_ones(train, tmp_path):
+    args = train.parse_args(['-b', '16', '--reconstruct', '-e', '3', '--save', 'best',
+                             '-o', str(tmp_path), '--keep', '2'])
+    settings = train.run_settings(args)
+    assert set(settings) == set(vars(args)) - set(train.RESUMABLE_CHANGES)
+    assert settings['batchsize'] == 16 and settings['reconstruct'] is True
+    assert 'epoch' not in settings and 'keep' not in settings and 'save' not in settings
+    assert list(settings) == sorted(settings)  # as JSON stores them
 
 
 testing.run_module(__name__, __file__)

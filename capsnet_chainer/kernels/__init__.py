@@ -1,0 +1,10 @@
+"""The fast kernels: FunctionNodes whose forward and backward are a few large matrix
+products, each tested against the plain equations of :mod:`capsnet_chainer.functions`.
+
+:mod:`~capsnet_chainer.kernels.conv` (a valid convolution on channels-last images, bias
+and leaky ReLU fused), :mod:`~capsnet_chainer.kernels.prediction` (the prediction
+vectors, Eq. 2) and :mod:`~capsnet_chainer.kernels.routing` (routing by agreement, and
+the predictions of shared maps fused with it). Each kernel module has the name of the
+function of :mod:`capsnet_chainer.functions` it computes, so that
+:mod:`capsnet_chainer.links` chooses between them in one line (``if self.fast:``).
+"""

@@ -1,0 +1,72 @@
+"""The updater of ``train.py``: a :class:`~chainer.training.updaters.StandardUpdater`
+that saves every random state in snapshots, refuses a non-finite step, type-checks
+once and counts its own time."""
+
+import time
+
+import chainer
+import numpy
+from chainer import training
+
+from capsnet_chainer.random_state import serialize_python_random
+from capsnet_chainer.random_state import serialize_random_state
+from capsnet_chainer.training.nonfinite import NonFiniteCheck
+
+
+class ConverterStateUpdater(training.updaters.StandardUpdater):
+    """A :class:`StandardUpdater` that saves every random state and refuses NaN.
+
+    Its snapshot state adds the converter's (the shift RNG's), the training dataset's
+    where it has one (the pair sampler of MultiMNIST), NumPy's global generator and
+    Python's :mod:`random`. With ``check_finite`` it registers the optimizer hook
+    :class:`~capsnet_chainer.training.nonfinite.NonFiniteCheck`, which Chainer calls between the
+    backward pass and the update, and lets it watch the loss: a NaN or infinite loss or
+    gradient raises :class:`~capsnet_chainer.training.nonfinite.NonFiniteError` before it
+    reaches the weights.
+
+    With ``check_types_once``, Chainer's type checks (each function's checks of its
+    inputs' dtypes and shapes, in Python) run in its first update only: every later step
+    calls the same functions on batches of the same dtypes and ranks, and on a GPU the
+    checks are a large part of the host's time per step (bench/README.md), where the host,
+    not the GPU, bounds the step. Where
+    ``chainer.config.type_check`` is off they never run.
+
+    Args:
+        check_finite (bool): Check the loss and gradients (one device sync per step).
+        check_types_once (bool): Type-check the first update only (else every update,
+            as ``chainer.config.type_check`` says).
+        Others: As :class:`~chainer.training.updaters.StandardUpdater`.
+    """
+
+    def __init__(self, iterator, optimizer, check_finite=True, loss_func=None,
+                 check_types_once=True, **kwargs):
+        if check_finite:
+            check = NonFiniteCheck()
+            loss_func = check.watch(loss_func or optimizer.target)
+            optimizer.add_hook(check, timing='pre')
+        super().__init__(iterator, optimizer, loss_func=loss_func, **kwargs)
+        self.check_finite = check_finite
+        self.check_types_once = check_types_once
+        self._types_checked = False  # not in the snapshot: a resumed run checks again
+        #: Seconds spent in updates so far (for :class:`EpochTimes`; not in the snapshot)
+        self.update_seconds = 0.0
+
+    def update_core(self):
+        start = time.perf_counter()
+        if self.check_types_once and self._types_checked:
+            with chainer.using_config('type_check', False):
+                super().update_core()
+        else:
+            super().update_core()
+            self._types_checked = True
+        self.update_seconds += time.perf_counter() - start
+
+    def serialize(self, serializer):
+        super().serialize(serializer)
+        if hasattr(self.converter, 'serialize'):
+            self.converter.serialize(serializer['converter'])
+        dataset = getattr(self.get_iterator('main'), 'dataset', None)
+        if hasattr(dataset, 'serialize'):
+            dataset.serialize(serializer['dataset'])
+        serialize_random_state(serializer['numpy_random'], numpy.random)
+        serialize_python_random(serializer['python_random'])
