@@ -49,7 +49,15 @@ $(VENV)/.installed-mpi: $(VENV)/.installed
 		--disable-pip-version-check -e '.[mpi]'
 	touch $@
 
-test: venv mpi $(VENV)/.installed-affnist
+# The browser tests of explorer.html need the extra [browser] (Playwright) and the
+# system's Chromium (/usr/bin/chromium: `apt-get install chromium`, which .ci/run does);
+# without them they are skipped, saying so.
+$(VENV)/.installed-browser: $(VENV)/.installed pyproject.toml
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q \
+		--disable-pip-version-check -e '.[browser]'
+	touch $@
+
+test: venv mpi $(VENV)/.installed-affnist $(VENV)/.installed-browser
 	$(PY) -m pytest -m "not gpu and not slow" --durations=15 $(PYTEST_ARGS)
 
 # The gpu tests alone, in a venv with CuPy added (README.md, "GPU"). Without CuPy they

@@ -6,7 +6,9 @@
 Writes into ``--out``: ``vis.png`` (inputs and reconstructions), ``vis_all.png`` (the
 masking grid), ``vis_tweaked0.png`` .. ``vis_tweaked9.png`` (dimension perturbations),
 ``metrics.json`` (accuracy on the test set, no augmentation), ``confusion.png`` and
-``misclassified.png`` (the most confident mistakes beside their reconstructions).
+``misclassified.png`` (the most confident mistakes beside their reconstructions),
+``routing.png`` (what routing does; numbers in ``metrics.json``, ``routing``) and
+``explorer.html`` (a page to play with the capsules: docs/explorer.md).
 
 A model of the affNIST protocol (``--dataset affnist``) is scored on the expanded MNIST
 test set (the digits centred on 40x40), and on the official affNIST test files of
@@ -45,6 +47,7 @@ from capsnet_chainer.datasets import protocols  # noqa: E402
 from capsnet_chainer.datasets.arrays import dataset_arrays  # noqa: E402
 from capsnet_chainer.device import describe_device  # noqa: E402
 from capsnet_chainer.device import get_device  # noqa: E402
+from capsnet_chainer.evaluation import explorer  # noqa: E402
 from capsnet_chainer.evaluation import figures  # noqa: E402
 from capsnet_chainer.evaluation import metrics  # noqa: E402
 from capsnet_chainer.evaluation import pair_figures  # noqa: E402
@@ -96,6 +99,8 @@ def parse_args(argv=None):
                         help='misclassified test images to show in misclassified.png')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=metrics.BATCHSIZE,
                         help='images per forward pass when scoring')
+    parser.add_argument('--no-explorer', action='store_true',
+                        help='do not write explorer.html (routing.png is written anyway)')
     parser.add_argument('--log', default=None, metavar='PATH',
                         help="the log of the model's training run (train.py's OUT/log): "
                              'also draws its error per epoch, test_error.png')
@@ -195,8 +200,9 @@ def analyze(argv=None):
         print('# note: {}'.format(meta['note']))
     capsules = model_kind(model.config) == 'capsnet'
     if not capsules:
-        print('# no capsule figures: the baseline CNN has no capsules and no decoder, so '
-              'no vis*.png, Figure 5 or reconstructions; the metrics as for CapsNet')
+        print('# no capsule figures: the baseline CNN has no capsules, routing or decoder, '
+              'so no vis*.png, Figure 5, reconstructions, routing.png or explorer.html (there '
+              'is nothing to explore); the metrics as for CapsNet')
     elif not model.reconstruct:
         how = ('judging by its all-zero decoder biases' if meta.get('note')
                else 'says its configuration')
@@ -243,6 +249,12 @@ def analyze(argv=None):
     else:
         results = analyze_digits(model, arrays, n_test, protocol, args, evaluation,
                                  capsules)
+    if capsules:  # routing.png and explorer.html
+        results['routing'] = explorer.write_views(
+            model, arrays[0][:n_test], arrays[1][:n_test], args.out, explorer.class_names(
+                meta.get('class_names') or protocol.class_names, model.config['n_class']),
+            '{} on {}'.format(os.path.basename(args.load), protocol.title), args.batchsize,
+            not args.no_explorer, cli.Progress('routing of {} test images'.format(n_test)))
     if dataset == 'affnist':
         results['transformed'] = score_transformed(model, digits, args)
     elif args.affnist_dir or args.n_transformed:

@@ -28,7 +28,7 @@ TOP_K = 5
 SAMPLE_FIGURES = ['vis.png', 'vis_all.png'] + ['vis_tweaked{}.png'.format(k)
                                                for k in range(10)]
 ALL_FILES = sorted(SAMPLE_FIGURES + ['args.json', 'metrics.json', 'confusion.png',
-                                     'misclassified.png'])
+                                     'misclassified.png', 'routing.png', 'explorer.html'])
 
 
 def run_analyze(args, cwd, timeout=600):
@@ -156,6 +156,26 @@ def test_paper_perturbation_and_untrained_decoder(untrained_model, mnist_dir, tm
     with open(str(tmp_path / 'out' / 'metrics.json')) as f:
         metrics = json.load(f)
     assert metrics['n_test'] == 5 and metrics['config']['reconstruct'] is False
+    # explorer.html without sliders, saying why on the page and in the log
+    assert '# explorer.html: no sliders: the model was trained without --reconstruct' in (
+        proc.stdout)
+    assert metrics['routing']['explorer']['sliders'] is False
+    with open(str(tmp_path / 'out' / 'explorer.html'), encoding='utf-8') as f:
+        assert 'no sliders: the model was trained without --reconstruct' in f.read()
+
+
+def test_routing_numbers_and_no_explorer(untrained_model, mnist_dir, tmp_path):
+    proc = run_analyze(['--load', untrained_model, '--data-dir', mnist_dir, '--n-test', '5',
+                        '--no-explorer', '-o', 'out'], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(os.listdir(str(tmp_path / 'out'))) == [
+        f for f in ALL_FILES if f != 'explorer.html']
+    with open(str(tmp_path / 'out' / 'metrics.json')) as f:
+        routing = json.load(f)['routing']
+    assert routing['images'] == 5 and routing['explorer'] is None
+    assert len(routing['entropy']['mean_per_iteration']) == 3
+    assert len(routing['class_maps']) == 10
+    assert 'wrote out/routing.png' in proc.stdout and 'explorer.html' not in proc.stdout
 
 
 def test_log_of_the_run_draws_its_error_curves_silently(analyzed):
