@@ -23,10 +23,10 @@ inflates it with the browser's ``DecompressionStream``) and base64-encoded:
   as float32: ``v`` and the top shares (:mod:`~capsnet_chainer.evaluation.routing_diagnostics`);
 * the decoder's weights as int16 with one float32 scale per :data:`BLOCK` inputs of a
   row (:func:`quantize_int16`), its biases as float32. The page decodes in float64; on
-  the shipped model its pixels stay within 3e-4 of the float32 decoder's over the
-  sliders' range (float16 weights: 1.1e-3). A model trained without
-  ``--reconstruct`` (an untrained decoder), or whose decoder does not fit in the page,
-  gets the page without the sliders, which says why.
+  the shipped model its pixels stay within 1.7e-4 of the float32 decoder's over the
+  sliders' range (float16 weights: 1.1e-3; ``bench/explorer_decoder.py``). A model
+  trained without ``--reconstruct`` (an untrained decoder), or whose decoder does not
+  fit in the page, gets the page without the sliders, which says why.
 """
 
 import base64

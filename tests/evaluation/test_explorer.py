@@ -426,11 +426,11 @@ def small_pages(browser, tmp_path_factory):
 def test_a_model_without_decoder_gets_no_sliders_and_says_why(browser, small_pages):
     page = Page(browser, str(small_pages[0] / 'plain.html'))
     page.check_clean()
-    assert page.js("document.getElementById('slider-panel').hidden") is True
-    assert page.js("document.getElementById('recon-figure').hidden") is True
+    for hidden in ('slider-panel', 'recon-figure'):
+        assert page.js("document.getElementById('{}').offsetParent === null".format(hidden))
     text = page.js("document.getElementById('no-sliders').textContent")
     assert 'trained without --reconstruct' in text
-    assert page.js("getComputedStyle(document.getElementById('no-sliders')).display") != 'none'
+    assert page.js("document.getElementById('no-sliders').offsetParent !== null")
     assert page.js('explorer.hasDecoder()') is False
     page.page.click('#images .thumb:nth-child(2)')
     assert page.js('explorer.state()')['image'] == 1
