@@ -90,7 +90,7 @@ def prediction_vectors(u, W, b=None, n_class=10, n_cell=1):
     return F.transpose(u_hat, (0, 2, 1, 3))  # (B, J, I, D)
 
 
-def routing(u_hat, n_iteration=3, grad_all_iterations=True):
+def routing(u_hat, n_iteration=3, grad_all_iterations=True, none_of_the_above=False):
     """Routing by agreement, Procedure 1 of the paper [#]_.
 
     Logits ``b`` start at zero; each iteration takes ``c = softmax(b)`` over the digits,
@@ -104,16 +104,36 @@ def routing(u_hat, n_iteration=3, grad_all_iterations=True):
             every iteration. ``False`` treats the coupling coefficients as constants:
             the iterations that only update the logits see ``u_hat`` detached, so
             gradients reach ``u_hat`` only through the last weighted sum.
+        none_of_the_above (bool): Route through :func:`coupling`'s extra category (Sec. 7
+            of the paper, for CIFAR-10): a primary capsule that fits no class can send
+            its output nowhere.
 
     Returns:
         ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``.
     """
-    for c, v in routing_iterations(u_hat, n_iteration, grad_all_iterations):
+    for c, v in routing_iterations(u_hat, n_iteration, grad_all_iterations,
+                                   none_of_the_above):
         pass
     return v
 
 
-def routing_iterations(u_hat, n_iteration=3, grad_all_iterations=True):
+def coupling(b, none_of_the_above=False):
+    """The coupling coefficients ``c = softmax(b)`` over the classes (axis 1) of logits
+    ``b`` ``(B, J, I)``.
+
+    With ``none_of_the_above``, a "none-of-the-above" category joins the classes with a
+    logit fixed at zero, and its coupling is dropped: each primary capsule's couplings
+    to the classes then sum to less than 1 (the official code's "leaky routing").
+    """
+    if not none_of_the_above:
+        return F.softmax(b, axis=1)
+    xp = chainer.backend.get_array_module(b)
+    leak = xp.zeros((b.shape[0], 1, b.shape[2]), b.dtype)  # (B, 1, I): its logit, 0
+    return F.softmax(F.concat((leak, b), axis=1), axis=1)[:, 1:]  # (B, J, I)
+
+
+def routing_iterations(u_hat, n_iteration=3, grad_all_iterations=True,
+                       none_of_the_above=False):
     """:func:`routing`, iteration by iteration: yields the coupling coefficients ``c``
     ``(B, J, I)`` of each iteration and the capsules ``v`` ``(B, J, D)`` they give.
 
@@ -132,7 +152,7 @@ def routing_iterations(u_hat, n_iteration=3, grad_all_iterations=True):
     for r in range(n_iteration):
         last = r == n_iteration - 1
         u = u_hat if last else u_agree  # (B, J, I, D)
-        c = F.softmax(b, axis=1)  # (B, J, I), over the digits
+        c = coupling(b, none_of_the_above)  # (B, J, I), over the digits
         s = F.sum(F.broadcast_to(c[:, :, :, None], u.shape) * u, axis=2)  # (B, J, D)
         v = squash(s)  # (B, J, D)
         yield c, v
@@ -140,7 +160,8 @@ def routing_iterations(u_hat, n_iteration=3, grad_all_iterations=True):
             b = b + F.sum(u * F.broadcast_to(v[:, :, None, :], u.shape), axis=3)  # (B, J, I)
 
 
-def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=True):
+def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=True,
+                   none_of_the_above=False):
     """Predictions from maps shared by the cells of each capsule type, then routing.
 
     Plain :func:`prediction_vectors` with ``n_cell = N`` followed by :func:`routing`;
@@ -153,7 +174,7 @@ def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=
         b (~chainer.Variable): Biases ``(T, J * D)`` or ``None``.
         n_class (int): ``J``.
         n_iteration (int): Routing iterations.
-        grad_all_iterations (bool): See :func:`routing`.
+        grad_all_iterations, none_of_the_above (bool): See :func:`routing`.
 
     Returns:
         ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``.
@@ -161,7 +182,28 @@ def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=
     B, T, N, P = u.shape
     u = F.reshape(u, (B, T * N, P))  # (B, I, P)
     u_hat = prediction_vectors(u, W, b, n_class, N)  # (B, J, I, D)
-    return routing(u_hat, n_iteration, grad_all_iterations)  # (B, J, D)
+    return routing(u_hat, n_iteration, grad_all_iterations, none_of_the_above)  # (B, J, D)
+
+
+def per_image_standardization(x):
+    """Each image scaled to zero mean and unit variance over its pixels and channels:
+    ``(x - mean) / max(std, 1 / sqrt(C * H * W))`` (TensorFlow's
+    ``per_image_standardization``, which the official code applies to CIFAR-10 and
+    smallNORB).
+
+    Args:
+        x (~chainer.Variable): Images ``(B, C, H, W)``.
+
+    Returns:
+        ~chainer.Variable: ``(B, C, H, W)``.
+    """
+    n = x.shape[1] * x.shape[2] * x.shape[3]
+    mean = F.broadcast_to(F.mean(x, axis=(1, 2, 3), keepdims=True), x.shape)
+    h = x - mean
+    var = F.mean(h * h, axis=(1, 2, 3), keepdims=True)  # (B, 1, 1, 1)
+    # max(std, 1 / sqrt(n)) as sqrt(max(var, 1 / n)): a flat image's gradient stays finite
+    floor = chainer.backend.get_array_module(var).full(var.shape, 1.0 / n, var.dtype)
+    return h / F.broadcast_to(F.sqrt(F.maximum(var, floor)), x.shape)
 
 
 def margin_loss(lengths, t, m_plus=0.9, m_minus=0.1, lambda_=0.5):

@@ -145,6 +145,8 @@ class DigitCapsules(chainer.Link):
         shared (bool): One map per type (``True``) or per capsule (``False``).
         n_iteration (int): Routing iterations.
         grad_all_iterations (bool): See :func:`~capsnet_chainer.functions.routing`.
+        none_of_the_above (bool): Route with the extra "none-of-the-above" category
+            (:func:`~capsnet_chainer.functions.coupling`).
         initialW: Weight initializer.
 
     Attributes:
@@ -158,7 +160,7 @@ class DigitCapsules(chainer.Link):
 
     def __init__(self, n_type=32, n_cell=36, in_dim=8, n_class=10, out_dim=16,
                  shared=True, n_iteration=3, grad_all_iterations=True,
-                 initialW=DEFAULT_INITIALW):
+                 none_of_the_above=False, initialW=DEFAULT_INITIALW):
         super().__init__()
         self.n_type = n_type
         self.n_cell = n_cell
@@ -167,6 +169,7 @@ class DigitCapsules(chainer.Link):
         self.shared = shared
         self.n_iteration = n_iteration
         self.grad_all_iterations = grad_all_iterations
+        self.none_of_the_above = none_of_the_above
         self.fast = True
         n_map = n_type if shared else n_type * n_cell
         with self.init_scope():
@@ -195,9 +198,11 @@ class DigitCapsules(chainer.Link):
             B, _, P = u.shape
             u = F.reshape(u, (B, self.n_type, self.n_cell, P))  # (B, T, N, P)
             return ops.shared_routing(u, self.W, self.b, self.n_class, self.n_iteration,
-                                      self.grad_all_iterations)  # (B, J, D)
+                                      self.grad_all_iterations,
+                                      self.none_of_the_above)  # (B, J, D)
         u_hat = self.predict_vectors(u)  # (B, J, I, D)
-        return ops.routing(u_hat, self.n_iteration, self.grad_all_iterations)  # (B, J, D)
+        return ops.routing(u_hat, self.n_iteration, self.grad_all_iterations,
+                           self.none_of_the_above)  # (B, J, D)
 
 
 class Decoder(chainer.Chain):

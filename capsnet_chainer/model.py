@@ -7,9 +7,11 @@ import chainer
 import chainer.functions as F
 import numpy
 
+from capsnet_chainer.errors import SettingError
 from capsnet_chainer.functions import capsule_length
 from capsnet_chainer.functions import margin_loss
 from capsnet_chainer.functions import pair_hits
+from capsnet_chainer.functions import per_image_standardization
 from capsnet_chainer.functions import reconstruction_loss
 from capsnet_chainer.functions import two_digit_margin_loss
 from capsnet_chainer.functions import two_digit_reconstruction_loss
@@ -21,6 +23,32 @@ from capsnet_chainer.links import DigitCapsules
 from capsnet_chainer.links import PrimaryCapsules
 
 MASK_CHOICES = ('label', 'prediction')
+#: The arguments that adapt the network to other data (Sec. 7 of the paper), with the
+#: MNIST network's values. :attr:`CapsNet.config` holds one only where it differs, so
+#: that an MNIST network's configuration is the one it always was.
+ADAPTATIONS = (('conv1_channels', 256), ('n_primary_type', 32), ('primary_dim', 8),
+               ('capsule_dim', 16), ('none_of_the_above', False), ('standardize', False))
+#: conv1's kernel, then the primary capsules' kernel and stride.
+CONV1_KSIZE, PRIMARY_KSIZE, PRIMARY_STRIDE = 9, 9, 2
+#: The smallest image side: conv1 leaves ``side - 8``, which the primary capsules' 9x9
+#: kernel must cover.
+MIN_SIDE = CONV1_KSIZE - 1 + PRIMARY_KSIZE
+
+
+def primary_grid(H, W):
+    """The primary capsules' grid ``(H', W')`` on ``H x W`` images (6 x 6 for 28 x 28).
+
+    Raises:
+        SettingError: An image smaller than :data:`MIN_SIDE` on a side (``image_size``).
+    """
+    if min(H, W) < MIN_SIDE:
+        raise SettingError(
+            'image_size', 'images of {}x{} are too small for CapsNet: conv1 (9x9) leaves '
+            '{}x{}, and the primary capsules (9x9, stride 2) need at least 9x9 there; the '
+            'smallest input is {}x{} (--image-size resizes the images)'.format(
+                H, W, H - CONV1_KSIZE + 1, W - CONV1_KSIZE + 1, MIN_SIDE, MIN_SIDE),
+            '{}x{}'.format(H, W))
+    return tuple((n - CONV1_KSIZE + 1 - PRIMARY_KSIZE) // PRIMARY_STRIDE + 1 for n in (H, W))
 
 
 class CapsNet(chainer.Chain):
@@ -45,8 +73,19 @@ class CapsNet(chainer.Chain):
         mask_test (str): At test time, mask the decoder input with the true ``'label'``
             (the reference) or the ``'prediction'`` (the paper).
         recon_weight (float): Weight of the reconstruction loss (0.0005).
-        n_class (int): Digit capsules.
-        in_shape (tuple of ints): Input image shape ``(C, H, W)``.
+        n_class (int): Digit capsules, one per class.
+        in_shape (tuple of ints): Input image shape ``(C, H, W)``: conv1 takes ``C``
+            channels, the primary capsules' grid follows ``H x W`` (at least
+            :data:`MIN_SIDE` each), the decoder draws ``C x H x W``.
+        conv1_channels (int): conv1's output channels (256; SVHN in Sec. 7: 64).
+        n_primary_type (int): Primary capsule types (32; CIFAR-10: 64, SVHN: 16).
+        primary_dim (int): Dimensions of a primary capsule (8; SVHN: 6).
+        capsule_dim (int): Dimensions of a class capsule (16; SVHN: 8).
+        none_of_the_above (bool): Route with an extra "none-of-the-above" category
+            (CIFAR-10; :func:`~capsnet_chainer.functions.coupling`).
+        standardize (bool): Scale each image to zero mean and unit variance first
+            (:func:`~capsnet_chainer.functions.per_image_standardization`; the official
+            code's CIFAR-10 and smallNORB). The decoder still draws the image as given.
         fast_kernels (bool): Compute with the fast kernels (the default) or with the
             plain equations of :mod:`capsnet_chainer.functions`; see
             :attr:`fast_kernels`. Not part of :attr:`config`: it changes the speed, not
@@ -62,7 +101,8 @@ class CapsNet(chainer.Chain):
     def __init__(self, reconstruct=False, leaky_slope=0.05, n_iteration=3,
                  shared_weights=True, squash_primary=False, grad_all_iterations=True,
                  mask_test='label', recon_weight=0.0005, n_class=10, in_shape=(1, 28, 28),
-                 fast_kernels=True):
+                 fast_kernels=True, conv1_channels=256, n_primary_type=32, primary_dim=8,
+                 capsule_dim=16, none_of_the_above=False, standardize=False):
         super().__init__()
         if mask_test not in MASK_CHOICES:
             raise ValueError('mask_test must be one of {}, got {!r}'.format(
@@ -71,23 +111,35 @@ class CapsNet(chainer.Chain):
             raise ValueError('leaky_slope must be >= 0, got {!r}'.format(leaky_slope))
         if int(n_iteration) < 1:
             raise ValueError('n_iteration must be >= 1, got {!r}'.format(n_iteration))
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise ValueError('in_shape must be (C, H, W), got {!r}'.format(in_shape))
+        C, H, W = (int(n) for n in in_shape)
+        grid = primary_grid(H, W)  # (6, 6) for 28 x 28
         self.config = {
             'reconstruct': bool(reconstruct), 'leaky_slope': float(leaky_slope),
             'n_iteration': int(n_iteration), 'shared_weights': bool(shared_weights),
             'squash_primary': bool(squash_primary),
             'grad_all_iterations': bool(grad_all_iterations), 'mask_test': mask_test,
             'recon_weight': float(recon_weight), 'n_class': int(n_class),
-            'in_shape': [int(n) for n in in_shape],
+            'in_shape': [C, H, W],
         }
-        C, H, W = in_shape
-        grid = ((H - 8) - 9) // 2 + 1  # conv1 9x9 stride 1, then 9x9 stride 2: 6 for 28
+        channels, n_type, P, D = (int(n) for n in (
+            conv1_channels, n_primary_type, primary_dim, capsule_dim))
+        if min(channels, n_type, P, D) < 1:
+            raise ValueError('conv1_channels, n_primary_type, primary_dim and capsule_dim '
+                             'must be >= 1')
+        values = (channels, n_type, P, D, bool(none_of_the_above), bool(standardize))
+        self.config.update((name, value) for (name, default), value
+                           in zip(ADAPTATIONS, values) if value != default)
         with self.init_scope():
-            self.conv1 = Convolution2D(C, 256, 9, initialW=DEFAULT_INITIALW)
-            self.primary = PrimaryCapsules(256, 32, 8, squash=squash_primary)
-            self.digits = DigitCapsules(32, grid * grid, 8, n_class, 16,
+            self.conv1 = Convolution2D(C, channels, CONV1_KSIZE, initialW=DEFAULT_INITIALW)
+            self.primary = PrimaryCapsules(channels, n_type, P, PRIMARY_KSIZE, PRIMARY_STRIDE,
+                                           squash=squash_primary)
+            self.digits = DigitCapsules(n_type, grid[0] * grid[1], P, n_class, D,
                                         shared=shared_weights, n_iteration=n_iteration,
-                                        grad_all_iterations=grad_all_iterations)
-            self.decoder = Decoder(n_class * 16, in_shape)
+                                        grad_all_iterations=grad_all_iterations,
+                                        none_of_the_above=bool(none_of_the_above))
+            self.decoder = Decoder(n_class * D, (C, H, W))
         self.fast_kernels = fast_kernels
 
     @property
@@ -115,6 +167,8 @@ class CapsNet(chainer.Chain):
         conv1 and its (leaky) ReLU run as one channels-last kernel; the primary
         capsules get an NCHW view of its output, so no copy is made between them.
         """
+        if self.config.get('standardize'):
+            x = per_image_standardization(x)
         h = self.conv1.forward_nhwc(F.transpose(x, (0, 2, 3, 1)),
                                     slope=self.config['leaky_slope'])  # (B, 20, 20, 256)
         return self.digits(self.primary(F.transpose(h, (0, 3, 1, 2))))

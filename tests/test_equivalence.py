@@ -30,16 +30,32 @@ from capsnet_chainer.kernels import conv as conv_kernel
 from conftest import get_device
 
 
+def plain_standardization(x):
+    """Each image minus its mean, over max(its standard deviation, 1 / sqrt(C H W))."""
+    B = x.shape[0]
+    flat = F.reshape(x, (B, -1))
+    h = flat - F.broadcast_to(F.mean(flat, axis=1, keepdims=True), flat.shape)
+    std = F.sqrt(F.mean(h * h, axis=1, keepdims=True))
+    floor = numpy.float64(1 / numpy.sqrt(flat.shape[1])).astype(x.dtype)
+    return F.reshape(h / F.broadcast_to(F.maximum(std, floor * std.xp.ones_like(std.array)),
+                                        h.shape), x.shape)
+
+
 def plain_capsules(model, x):
-    """conv1, (leaky) ReLU, primary capsules, predictions and routing, from SPEC."""
+    """conv1, (leaky) ReLU, primary capsules, predictions and routing, from SPEC; the
+    sizes of an adapted network (Sec. 7) from its configuration."""
     cfg = model.config
+    T, P, D = (cfg.get('n_primary_type', 32), cfg.get('primary_dim', 8),
+               cfg.get('capsule_dim', 16))
+    if cfg.get('standardize'):
+        x = plain_standardization(x)
     h = F.convolution_2d(x, model.conv1.W, model.conv1.b)
     h = F.relu(h) if cfg['leaky_slope'] == 0 else F.leaky_relu(h, cfg['leaky_slope'])
     h = F.convolution_2d(h, model.primary.conv.W, model.primary.conv.b, stride=2)
     B, C, H, W = h.shape  # (B, 256, 6, 6)
     # Capsule k at cell (y, x) is channels 8k..8k+7 there; i = k * 36 + y * 6 + x.
-    u = F.reshape(F.transpose(F.reshape(h, (B, 32, 8, H * W)), (0, 1, 3, 2)),
-                  (B, 32 * H * W, 8))
+    u = F.reshape(F.transpose(F.reshape(h, (B, T, P, H * W)), (0, 1, 3, 2)),
+                  (B, T * H * W, P))
     if cfg['squash_primary']:
         u = squash(u)
     # u_hat[b, j, i, d] = (u_i W_map(i) + b_map(i))[j * 16 + d]: the map of capsule i
@@ -50,8 +66,9 @@ def plain_capsules(model, x):
     u_hat = F.matmul(F.transpose(u, (1, 0, 2)), model.digits.W[maps])  # (I, B, J * 16)
     if cfg['shared_weights']:
         u_hat = u_hat + F.broadcast_to(model.digits.b[maps][:, None, :], u_hat.shape)
-    u_hat = F.transpose(F.reshape(u_hat, (I, B, J, 16)), (1, 2, 0, 3))  # (B, J, I, 16)
-    return routing(u_hat, cfg['n_iteration'], cfg['grad_all_iterations'])
+    u_hat = F.transpose(F.reshape(u_hat, (I, B, J, D)), (1, 2, 0, 3))  # (B, J, I, 16)
+    return routing(u_hat, cfg['n_iteration'], cfg['grad_all_iterations'],
+                   cfg.get('none_of_the_above', False))
 
 
 def plain_loss(model, x, t):
@@ -90,6 +107,13 @@ SWITCHES = [
     {'grad_all_iterations': False},
     {'grad_all_iterations': False, 'shared_weights': False},
     {'shared_weights': False, 'leaky_slope': 0.0, 'squash_primary': True},
+    # Adapted to other data (Sec. 7): colour, another size, other capsule counts and
+    # dimensions, the none-of-the-above category, per-image standardization
+    {'reconstruct': True, 'in_shape': (3, 24, 24), 'n_primary_type': 4,
+     'conv1_channels': 24, 'none_of_the_above': True, 'standardize': True},
+    {'reconstruct': True, 'in_shape': (2, 17, 21), 'n_class': 5, 'conv1_channels': 16,
+     'n_primary_type': 3, 'primary_dim': 6, 'capsule_dim': 8, 'shared_weights': False,
+     'none_of_the_above': True, 'grad_all_iterations': False},
 ]
 
 
@@ -171,8 +195,8 @@ def case_id(case):
 @pytest.mark.parametrize('kwargs, dtype', CASES, ids=[case_id(c) for c in CASES])
 def test_fast_model_equals_plain_equations(kwargs, dtype, device):
     model = make_model(kwargs, dtype, device)
-    x = numpy.random.rand(2, 1, 28, 28).astype(dtype)
-    t = numpy.array([3, 7], numpy.int32)
+    x = numpy.random.rand(2, *model.config['in_shape']).astype(dtype)
+    t = numpy.array([3, 7], numpy.int32) % model.config['n_class']
     loss, v, grads = run(model, fast_loss, x, t)
     loss_ref, v_ref, grads_ref = run(model, plain_loss, x, t)
     assert v.dtype == dtype and grads['x'].dtype == dtype

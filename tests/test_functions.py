@@ -22,13 +22,20 @@ def softmax_ref(b, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def procedure_1_numpy(u_hat, n_iteration):
+def leaky_softmax_ref(b, axis):
+    """The official code's leaky routing: a zero logit joins, its share is dropped."""
+    leak = numpy.zeros_like(numpy.take(b, [0], axis=axis))
+    return numpy.delete(softmax_ref(numpy.concatenate((leak, b), axis=axis), axis), 0,
+                        axis=axis)
+
+
+def procedure_1_numpy(u_hat, n_iteration, none_of_the_above=False):
     """Procedure 1 of the paper in NumPy, one example, digit and capsule at a time:
     the independent check of :func:`functions.routing`. Returns ``(v, c)``."""
     B, J, I, D = u_hat.shape
     b = numpy.zeros((B, J, I))
     for r in range(n_iteration):
-        c = softmax_ref(b, axis=1)
+        c = (leaky_softmax_ref if none_of_the_above else softmax_ref)(b, axis=1)
         v = numpy.zeros((B, J, D))
         for n in range(B):
             for j in range(J):
@@ -100,6 +107,75 @@ def test_routing_forward_equals_procedure_1(n_iteration):
     v = functions.routing(u_hat, n_iteration).array
     v_ref, _ = procedure_1_numpy(u_hat, n_iteration)
     numpy.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('n_iteration', [1, 2, 3])
+def test_routing_with_none_of_the_above_equals_procedure_1_with_a_leak(n_iteration):
+    u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
+    v = functions.routing(u_hat, n_iteration, none_of_the_above=True).array
+    v_ref, _ = procedure_1_numpy(u_hat, n_iteration, none_of_the_above=True)
+    numpy.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=1e-7)
+    # the couplings of each primary capsule to the classes sum to less than 1
+    steps = functions.routing_iterations(u_hat, n_iteration, none_of_the_above=True)
+    c = [c.array for c, _ in steps]
+    assert (c[-1].sum(axis=1) < 1).all() and c[0].sum(axis=1) == pytest.approx(3 / 4)
+
+
+def test_coupling_without_the_extra_category_is_the_softmax():
+    b = numpy.random.randn(2, 5, 7).astype(numpy.float32)
+    numpy.testing.assert_array_equal(functions.coupling(b).array,
+                                     F.softmax(b, axis=1).array)
+    numpy.testing.assert_allclose(functions.coupling(b, True).array,
+                                  leaky_softmax_ref(b, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize('n_iteration', [1, 3])
+def test_routing_with_none_of_the_above_passes_gradient_check(n_iteration):
+    u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
+    gy = numpy.random.randn(2, 3, 4)
+
+    def f(u):
+        return functions.routing(u, n_iteration, none_of_the_above=True)
+    gradient_check.check_backward(f, u_hat, gy, dtype=numpy.float64, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_routing_with_none_of_the_above_passes_gradient_check():
+    u, W, b = (numpy.random.randn(2, 2, 3, 3), numpy.random.randn(2, 3, 12) * 0.5,
+               numpy.random.randn(2, 12) * 0.5)
+
+    def f(u, W, b):
+        return functions.shared_routing(u, W, b, 3, none_of_the_above=True)
+    gradient_check.check_backward(f, (u, W, b), numpy.random.randn(2, 3, 4),
+                                  dtype=numpy.float64, atol=1e-5, rtol=1e-4)
+
+
+def standardization_ref(x):
+    """TensorFlow's per_image_standardization, image by image."""
+    out = numpy.empty_like(x)
+    for n, image in enumerate(x):
+        out[n] = (image - image.mean()) / max(image.std(), 1 / numpy.sqrt(image.size))
+    return out
+
+
+def test_per_image_standardization_forward():
+    x = numpy.random.rand(4, 3, 5, 6)
+    x[1] = 0.25  # a flat image: divided by 1 / sqrt(C * H * W), not by 0
+    y = functions.per_image_standardization(x).array
+    numpy.testing.assert_allclose(y, standardization_ref(x), rtol=1e-10, atol=1e-12)
+    assert (y[1] == 0).all()
+    numpy.testing.assert_allclose(y[0].mean(), 0, atol=1e-12)
+    numpy.testing.assert_allclose(y[0].std(), 1, rtol=1e-10)
+
+
+def test_per_image_standardization_backward():
+    x = numpy.random.rand(3, 2, 4, 5)
+    gradient_check.check_backward(functions.per_image_standardization, x,
+                                  numpy.random.randn(*x.shape), dtype=numpy.float64,
+                                  atol=1e-5, rtol=1e-4)
+    flat = chainer.Variable(numpy.full((1, 1, 4, 4), 0.5))
+    F.sum(functions.per_image_standardization(flat) * numpy.arange(16.).reshape(
+        flat.shape)).backward()
+    assert numpy.isfinite(flat.grad).all()
 
 
 @pytest.mark.parametrize('n_iteration', [1, 2, 3])

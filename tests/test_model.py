@@ -6,6 +6,7 @@ from chainer import testing
 
 from capsnet_chainer import CapsNet
 from capsnet_chainer.datasets import multimnist
+from capsnet_chainer.errors import SettingError
 from capsnet_chainer.evaluation import metrics
 from conftest import fake_digits
 from conftest import pair_accuracy_ref
@@ -124,6 +125,86 @@ def test_bad_configuration_is_refused(kwargs):
         CapsNet(**kwargs)
 
 
+# The network adapted to other data (Sec. 7 of the paper)
+
+#: (arguments, parameter count, class capsules (B, J, D)): CIFAR-10's network (3
+#: channels, 24x24, 64 primary capsule types), SVHN's (conv1 of 64 channels, 16 types of
+#: 6-D primary capsules, 8-D class capsules), smallNORB's (2 channels, 32x32, 5 classes)
+#: and a non-square input whose grid is 1 x 7.
+ADAPTED = [
+    ({'in_shape': (3, 24, 24), 'n_primary_type': 64, 'none_of_the_above': True,
+      'standardize': True}, 13150912, (10, 16)),
+    ({'in_shape': (3, 32, 32), 'conv1_channels': 64, 'n_primary_type': 16,
+      'primary_dim': 6, 'capsule_dim': 8}, 4237920, (10, 8)),
+    ({'in_shape': (2, 32, 32), 'n_class': 5, 'standardize': True}, 8039424, (5, 16)),
+    ({'in_shape': (1, 17, 30), 'n_class': 3}, 6416638, (3, 16)),
+]
+
+
+@pytest.mark.parametrize('kwargs, n_params, capsules', ADAPTED)
+def test_the_network_adapts_to_its_input(kwargs, n_params, capsules):
+    model = CapsNet(reconstruct=True, **kwargs)
+    assert model.count_params() == n_params
+    C, H, W = kwargs['in_shape']
+    assert model.conv1.W.shape[1] == C
+    assert model.decoder.fc3.W.shape[0] == C * H * W
+    x = numpy.random.rand(3, C, H, W).astype(numpy.float32)
+    t = numpy.arange(3, dtype=numpy.int32) % capsules[0]
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        v = model.digit_capsules(x)
+        assert v.shape == (3,) + capsules
+        assert model.decode(v, t).shape == x.shape
+    assert model.predict(x).shape == (3, capsules[0])
+    # Each setting that differs from MNIST's network is in the configuration, and
+    # rebuilds the same network
+    assert model.config == dict(CapsNet(reconstruct=True).config, **{
+        k: list(v) if k == 'in_shape' else v for k, v in kwargs.items()})
+    assert CapsNet(**model.config).count_params() == n_params
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    optimizer.update(model, x, t)
+
+
+def test_the_mnist_configuration_has_no_new_keys():
+    assert sorted(CapsNet().config) == [
+        'grad_all_iterations', 'in_shape', 'leaky_slope', 'mask_test', 'n_class',
+        'n_iteration', 'recon_weight', 'reconstruct', 'shared_weights', 'squash_primary']
+    # the MNIST values given explicitly add nothing either
+    assert CapsNet(conv1_channels=256, n_primary_type=32, primary_dim=8, capsule_dim=16,
+                   none_of_the_above=False, standardize=False).config == CapsNet().config
+
+
+@pytest.mark.parametrize('in_shape', [(1, 16, 28), (3, 28, 16), (1, 8, 8)])
+def test_an_image_too_small_is_refused_with_the_smallest_size(in_shape):
+    with pytest.raises(SettingError, match='the smallest input is 17x17') as e:
+        CapsNet(in_shape=in_shape)
+    assert e.value.setting == 'image_size'
+    assert '{}x{}'.format(*in_shape[1:]) in str(e.value)
+    assert CapsNet(in_shape=(1, 17, 17)).digits.n_cell == 1
+
+
+def test_standardize_makes_the_network_blind_to_brightness_and_contrast():
+    model = CapsNet(in_shape=(3, 24, 24), standardize=True)
+    x = numpy.random.rand(2, 3, 24, 24).astype(numpy.float32)
+    with chainer.no_backprop_mode():
+        v = model.digit_capsules(x).array
+        numpy.testing.assert_allclose(model.digit_capsules(x * 1.7 - 0.3).array, v,
+                                      rtol=1e-3, atol=1e-5)
+        plain = CapsNet(in_shape=(3, 24, 24))
+        plain.copyparams(model)
+        assert not numpy.allclose(plain.digit_capsules(x * 1.7 - 0.3).array, v)
+
+
+def test_none_of_the_above_shortens_the_capsules():
+    """Part of each primary capsule's vote goes to the extra category."""
+    x, _ = batch()
+    leaky = CapsNet(none_of_the_above=True)
+    plain = CapsNet()
+    plain.copyparams(leaky)
+    with chainer.no_backprop_mode():
+        assert (leaky.predict(x) < plain.predict(x)).all()
+
+
 def test_fast_kernels_off_gives_the_same_capsules_and_is_not_configuration():
     model = CapsNet(reconstruct=True)
     plain = CapsNet(reconstruct=True, fast_kernels=False)
@@ -166,18 +247,18 @@ def test_pair_loss_is_the_margin_loss_of_both_plus_each_digits_reconstruction():
     rng = numpy.random.RandomState(6)
     B, J, D = 4, 10, 16
     with chainer.using_config('dtype', numpy.float64):
-        model = GivenCapsules(reconstruct=True, in_shape=(1, 4, 5))
+        model = GivenCapsules(reconstruct=True, in_shape=(1, 17, 18))
     for fc in (model.decoder.fc1, model.decoder.fc2, model.decoder.fc3):
         fc.W.array *= 10  # each capsule decodes to its own image (see sharp_capsnet)
     v = rng.randn(B, J, D) * 0.3
     labels2 = random_pairs(B, seed=2)
-    digits = rng.uniform(size=(B, 2, 1, 4, 5))
+    digits = rng.uniform(size=(B, 2, 1, 17, 18))
     obs = reported(model, model, v, labels2, digits)
     assert set(obs) == {'main/loss', 'main/loss/margin', 'main/loss/recon', 'main/accuracy',
                         'main/accuracy/one'}
     lengths = numpy.sqrt((v * v).sum(axis=-1))
     rec = numpy.stack([[decode_ref(model, v[n], labels2[n, k]) for k in range(2)]
-                       for n in range(B)]).reshape((B, 2, 1, 4, 5))
+                       for n in range(B)]).reshape((B, 2, 1, 17, 18))
     margin = two_digit_margin_loss_ref(lengths, labels2)
     recon = 0.0005 * two_digit_recon_loss_ref(rec, digits)
     numpy.testing.assert_allclose(obs['main/loss/margin'], margin, rtol=1e-6)
@@ -192,7 +273,7 @@ def test_pair_loss_is_the_margin_loss_of_both_plus_each_digits_reconstruction():
     assert obs['main/accuracy/one'] == pytest.approx(one)
     # Without reconstruction: the margin loss alone
     with chainer.using_config('dtype', numpy.float64):
-        margin_only = GivenCapsules(in_shape=(1, 4, 5))
+        margin_only = GivenCapsules(in_shape=(1, 17, 18))
     obs = reported(margin_only, margin_only, v, labels2)
     assert set(obs) == {'main/loss', 'main/loss/margin', 'main/accuracy',
                         'main/accuracy/one'}
@@ -200,7 +281,7 @@ def test_pair_loss_is_the_margin_loss_of_both_plus_each_digits_reconstruction():
     with pytest.raises(ValueError, match='digits are needed'):
         model(v, labels2)
     with chainer.using_config('dtype', numpy.float64):
-        weighted = GivenCapsules(reconstruct=True, recon_weight=0.5, in_shape=(1, 4, 5))
+        weighted = GivenCapsules(reconstruct=True, recon_weight=0.5, in_shape=(1, 17, 18))
     gradient_check.check_backward(
         lambda v: weighted(v, labels2, digits), v, numpy.array(rng.randn()),
         dtype=numpy.float64, atol=1e-4, rtol=1e-4)

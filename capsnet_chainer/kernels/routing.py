@@ -36,22 +36,38 @@ from capsnet_chainer.kernels.base import with_bias
 # --- Routing on given predictions ---------------------------------------------------------
 
 
-def _softmax(b, axis):
+def _softmax(b, axis, none_of_the_above=False):
+    """``softmax(b)`` along ``axis``; with ``none_of_the_above``, over ``b`` and one more
+    logit fixed at 0 whose share is dropped (see
+    :func:`capsnet_chainer.functions.coupling`)."""
     xp = backend.get_array_module(b)
-    c = b - b.max(axis=axis, keepdims=True)
+    if not none_of_the_above:
+        c = b - b.max(axis=axis, keepdims=True)
+        xp.exp(c, out=c)
+        c /= c.sum(axis=axis, keepdims=True)
+        return c
+    m = xp.maximum(b.max(axis=axis, keepdims=True), 0)  # the extra logit 0 counts too
+    c = b - m
     xp.exp(c, out=c)
-    c /= c.sum(axis=axis, keepdims=True)
+    total = c.sum(axis=axis, keepdims=True)
+    total += xp.exp(-m)  # the extra category's share of the sum
+    c /= total
     return c
 
 
-def _uniform(b, axis):
-    """The softmax of all-zero logits ``b``: ``1 / n`` along ``axis``, exactly."""
+def _uniform(b, axis, none_of_the_above=False):
+    """The softmax of all-zero logits ``b``: ``1 / n`` along ``axis``, exactly (``1 / (n +
+    1)`` with the extra category of ``none_of_the_above``)."""
     xp = backend.get_array_module(b)
-    return xp.full(b.shape, b.dtype.type(1) / b.dtype.type(b.shape[axis]), b.dtype)
+    n = b.shape[axis] + (1 if none_of_the_above else 0)
+    return xp.full(b.shape, b.dtype.type(1) / b.dtype.type(n), b.dtype)
 
 
 def _softmax_grad(c, gc, axis):
-    """``c * (gc - sum(c * gc))``, the gradient of the logits of ``c = softmax(b)``."""
+    """``c * (gc - sum(c * gc))``, the gradient of the logits of ``c = softmax(b)``.
+
+    It holds for :func:`_softmax` with ``none_of_the_above`` too, the sum running over
+    the real classes only: the dropped category's coupling has no gradient."""
     g = c * gc
     g -= c * g.sum(axis=axis, keepdims=True)
     return g
@@ -85,9 +101,10 @@ class Routing(function_node.FunctionNode):
     """Routing by agreement on predictions ``u_hat`` ``(B, J, I, D)``; see :func:`routing`.
     """
 
-    def __init__(self, n_iteration=3, grad_all_iterations=True):
+    def __init__(self, n_iteration=3, grad_all_iterations=True, none_of_the_above=False):
         self.n_iteration = _check_n_iteration(n_iteration)
         self.grad_all_iterations = grad_all_iterations
+        self.none_of_the_above = bool(none_of_the_above)
 
     def check_type_forward(self, in_types):
         type_check.expect(in_types.size() == 1)
@@ -102,7 +119,8 @@ class Routing(function_node.FunctionNode):
         logits = xp.zeros((B, J, 1, I), u_hat.dtype)
         self.saved = []
         for r in range(self.n_iteration):
-            c = _softmax(logits, axis=1) if r else _uniform(logits, axis=1)  # (B, J, 1, I)
+            c = (_softmax(logits, 1, self.none_of_the_above) if r
+                 else _uniform(logits, 1, self.none_of_the_above))  # (B, J, 1, I)
             s = xp.matmul(c, u_hat)  # (B, J, 1, D)
             v, squash_saved = _squash(s)
             self.saved.append((c, v, squash_saved))
@@ -155,12 +173,12 @@ class RoutingGrad(NoDoubleBackprop):
         return xp.matmul(left, right),
 
 
-def routing(u_hat, n_iteration=3, grad_all_iterations=True):
+def routing(u_hat, n_iteration=3, grad_all_iterations=True, none_of_the_above=False):
     """Routing by agreement on predictions ``u_hat`` ``(B, J, I, D)`` -> ``v`` ``(B, J, D)``.
 
     The kernel of :func:`capsnet_chainer.functions.routing`.
     """
-    return Routing(n_iteration, grad_all_iterations).apply((u_hat,))[0]
+    return Routing(n_iteration, grad_all_iterations, none_of_the_above).apply((u_hat,))[0]
 
 
 # --- Predictions and routing, maps shared by the cells of a capsule type ------------------
@@ -174,10 +192,12 @@ class SharedRouting(function_node.FunctionNode):
     extended by a constant 1 and ``W`` by the bias row, so ``u_hat = u_e W_e``.
     """
 
-    def __init__(self, n_class, n_iteration=3, grad_all_iterations=True):
+    def __init__(self, n_class, n_iteration=3, grad_all_iterations=True,
+                 none_of_the_above=False):
         self.n_class = n_class
         self.n_iteration = _check_n_iteration(n_iteration)
         self.grad_all_iterations = grad_all_iterations
+        self.none_of_the_above = bool(none_of_the_above)
 
     def check_type_forward(self, in_types):
         check_map_inputs(in_types, 4)
@@ -189,7 +209,8 @@ class SharedRouting(function_node.FunctionNode):
         logits = ops.xp.zeros((B, J, T, N), ops.dtype)
         self.saved = []
         for r in range(self.n_iteration):
-            c = _softmax(logits, axis=1) if r else _uniform(logits, axis=1)  # (B, J, T, N)
+            c = (_softmax(logits, 1, self.none_of_the_above) if r
+                 else _uniform(logits, 1, self.none_of_the_above))  # (B, J, T, N)
             v, squash_saved = _squash(ops.weighted_sum(c))  # (B, J, D)
             self.saved.append((c, v, squash_saved))
             if r < self.n_iteration - 1:
@@ -335,7 +356,8 @@ class SharedRoutingGrad(NoDoubleBackprop):
         return tuple(outputs)
 
 
-def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=True):
+def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=True,
+                   none_of_the_above=False):
     """Predictions with maps shared by the cells of each capsule type, then routing.
 
     The same as :func:`routing` on ``u_hat[b, j, (k, n), :] = (u[b, k, n] W[k] + b[k])``
@@ -348,10 +370,12 @@ def shared_routing(u, W, b=None, n_class=10, n_iteration=3, grad_all_iterations=
         b (~chainer.Variable): Biases ``(T, J * D)`` or ``None``.
         n_class (int): ``J``, the digit capsules.
         n_iteration (int): Routing iterations.
-        grad_all_iterations (bool): See :func:`capsnet_chainer.functions.routing`.
+        grad_all_iterations, none_of_the_above (bool): See
+            :func:`capsnet_chainer.functions.routing`.
 
     Returns:
         ~chainer.Variable: Digit capsules ``v`` ``(B, J, D)``.
     """
     inputs = (u, W) if b is None else (u, W, b)
-    return SharedRouting(n_class, n_iteration, grad_all_iterations).apply(inputs)[0]
+    return SharedRouting(n_class, n_iteration, grad_all_iterations,
+                         none_of_the_above).apply(inputs)[0]

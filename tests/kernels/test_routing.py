@@ -24,7 +24,8 @@ def seed():
 
 
 ROUTING_CASES = testing.product({'n_iteration': [1, 2, 3],
-                                 'grad_all_iterations': [True, False]})
+                                 'grad_all_iterations': [True, False],
+                                 'none_of_the_above': [False, True]})
 
 
 @pytest.mark.parametrize('case', ROUTING_CASES)
@@ -36,12 +37,23 @@ def test_routing_kernel_equals_plain_routing(case):
         lambda u: functions.routing(u, **case), (u_hat,), gv)
 
 
+@pytest.mark.parametrize('none_of_the_above', [False, True])
 @pytest.mark.parametrize('n_iteration', [1, 2, 3])
-def test_routing_kernel_passes_gradient_check(n_iteration):
+def test_routing_kernel_passes_gradient_check(n_iteration, none_of_the_above):
     u_hat = numpy.random.randn(2, 3, 5, 4) * 0.5
     gv = numpy.random.randn(2, 3, 4)
-    gradient_check.check_backward(lambda u: routing_kernels.routing(u, n_iteration), u_hat,
-                                  gv, dtype=numpy.float64, atol=1e-5, rtol=1e-4)
+    gradient_check.check_backward(
+        lambda u: routing_kernels.routing(u, n_iteration,
+                                          none_of_the_above=none_of_the_above),
+        u_hat, gv, dtype=numpy.float64, atol=1e-5, rtol=1e-4)
+
+
+def test_leaky_softmax_keeps_large_logits_finite():
+    """The extra logit 0 joins the maximum that is subtracted before exp."""
+    b = numpy.array([[[800.0], [-800.0]], [[-800.0], [-900.0]]])  # (B, J, 1)
+    c = routing_kernels._softmax(b.copy(), 1, none_of_the_above=True)
+    numpy.testing.assert_allclose(c[:, :, 0], [[1, 0], [0, 0]], atol=1e-300)
+    numpy.testing.assert_allclose(routing_kernels._uniform(b, 1, True), 1 / 3)
 
 
 def shared_inputs(bias=True, B=3, T=4, N=5, P=3, J=6, D=4):
@@ -53,7 +65,8 @@ def shared_inputs(bias=True, B=3, T=4, N=5, P=3, J=6, D=4):
 
 SHARED_CASES = testing.product({'n_iteration': [1, 2, 3],
                                 'grad_all_iterations': [True, False],
-                                'bias': [True, False]})
+                                'bias': [True, False],
+                                'none_of_the_above': [False, True]})
 
 
 @pytest.mark.parametrize('case', SHARED_CASES)
@@ -61,22 +74,25 @@ def test_shared_routing_kernel_equals_plain_shared_routing(case):
     u, W, b = shared_inputs(case['bias'])
     gv = numpy.random.randn(3, 6, 4)
     kw = {'n_iteration': case['n_iteration'],
-          'grad_all_iterations': case['grad_all_iterations']}
+          'grad_all_iterations': case['grad_all_iterations'],
+          'none_of_the_above': case['none_of_the_above']}
     assert_same_outputs_and_gradients(
         lambda u, W, b: routing_kernels.shared_routing(u, W, b, 6, **kw),
         lambda u, W, b: functions.shared_routing(u, W, b, 6, **kw), (u, W, b), gv)
 
 
+@pytest.mark.parametrize('none_of_the_above', [False, True])
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('n_iteration', [1, 3])
-def test_shared_routing_kernel_passes_gradient_check(n_iteration, bias):
+def test_shared_routing_kernel_passes_gradient_check(n_iteration, bias, none_of_the_above):
     u, W, b = shared_inputs(bias, B=2, T=2, N=3, P=3, J=3, D=4)
     gv = numpy.random.randn(2, 3, 4)
     inputs = (u, W, b) if bias else (u, W)
+    kw = {'n_iteration': n_iteration, 'none_of_the_above': none_of_the_above}
 
     def f(*args):
-        return routing_kernels.shared_routing(*args, n_class=3, n_iteration=n_iteration) \
-            if bias else routing_kernels.shared_routing(*args, None, 3, n_iteration)
+        return routing_kernels.shared_routing(*args, n_class=3, **kw) \
+            if bias else routing_kernels.shared_routing(*args, None, 3, **kw)
     gradient_check.check_backward(f, inputs, gv, dtype=numpy.float64, atol=1e-5, rtol=1e-4)
 
 
@@ -124,6 +140,16 @@ def test_routing_kernels_on_gpu_match_cpu():
     numpy.testing.assert_allclose(
         cupy.asnumpy(routing_kernels.shared_routing(*map(cupy.asarray, (u, W, b)), 6).array),
         routing_kernels.shared_routing(u, W, b, 6).array, rtol=1e-10)
+    # with the none-of-the-above category
+    numpy.testing.assert_allclose(
+        cupy.asnumpy(routing_kernels.routing(cupy.asarray(u_hat),
+                                             none_of_the_above=True).array),
+        routing_kernels.routing(u_hat, none_of_the_above=True).array, rtol=1e-10)
+    numpy.testing.assert_allclose(
+        cupy.asnumpy(routing_kernels.shared_routing(*map(cupy.asarray, (u, W, b)), 6,
+                                                    none_of_the_above=True).array),
+        routing_kernels.shared_routing(u, W, b, 6, none_of_the_above=True).array,
+        rtol=1e-10)
 
 
 testing.run_module(__name__, __file__)
