@@ -1,0 +1,45 @@
+"""Checking a data set's official files against their published checksums (CIFAR-10,
+SVHN, smallNORB), so that a damaged download or another copy is named, not trained on.
+
+Each reader keeps the table of its files; :func:`verify` compares a file with its entry.
+A file of the right name whose checksum differs is refused: the message says so and
+that arrays of one's own train with ``--dataset npz`` or ``--dataset folder``.
+"""
+
+import hashlib
+
+from capsnet_chainer.datasets.idx import DatasetError
+
+#: What to do with files that are not the official ones, said by every mismatch.
+OTHER_FILES = ('download it again from {url}; to train on other images, use --dataset '
+               'npz (arrays) or --dataset folder (image files)')
+
+
+def file_digest(path, algorithm='md5'):
+    """The hex digest of a file's bytes (``'md5'`` or ``'sha256'``)."""
+    h = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path, expected, title, url, algorithm='md5'):
+    """Checks ``path`` against ``expected``.
+
+    Args:
+        path (str): The file.
+        expected (str): Its published digest, hex.
+        title (str): The data set, for the message (``'CIFAR-10'``).
+        url (str): Where the official files are, for the message.
+        algorithm (str): ``'md5'`` or ``'sha256'``.
+
+    Raises:
+        DatasetError: The digest differs.
+    """
+    got = file_digest(path, algorithm)
+    if got != expected:
+        raise DatasetError('{}: {} checksum mismatch ({} {}, the official file has {}): not '
+                           'the official {} file, or damaged; {}'.format(
+                               path, algorithm.upper(), algorithm, got, expected, title,
+                               OTHER_FILES.format(url=url)))

@@ -1,0 +1,64 @@
+"""smallNORB's binary matrices (.mat, not MATLAB), decompressed or gzipped (checked by
+SHA-256), downsampled to 48x48 as the official code's resize does."""
+
+import capsnet_chainer  # noqa: F401  (before chainer: restores numpy.sctypes)
+
+import os
+
+import numpy
+import pytest
+from chainer import testing
+
+from capsnet_chainer.datasets import smallnorb
+from capsnet_chainer.datasets.idx import DatasetError
+from official_files import norb_matrix
+from official_files import write_smallnorb
+
+
+@pytest.mark.parametrize('gz', [False, True])
+def test_the_pairs_are_read_and_downsampled(tmp_path, monkeypatch, gz):
+    (x, t), (x_test, t_test), sha256 = write_smallnorb(str(tmp_path), n_pairs=7, gz=gz)
+    monkeypatch.setattr(smallnorb, 'SHA256', sha256)
+    train, test = smallnorb.read_smallnorb(str(tmp_path), n_pairs=7)
+    assert train.images.shape == test.images.shape == (7, 2, 48, 48)
+    numpy.testing.assert_allclose(train.images, x[:, :, ::2, ::2] / 255, rtol=1e-6)
+    numpy.testing.assert_array_equal(test.labels, t_test)
+    assert train.class_names == ('animal', 'human', 'airplane', 'truck', 'car')
+    with pytest.raises(DatasetError, match='must hold 24300 x 2 x 96 x 96 bytes, holds 7'):
+        smallnorb.read_smallnorb(str(tmp_path))
+
+
+def test_gzipped_files_are_checked(tmp_path):
+    write_smallnorb(str(tmp_path), n_pairs=3, gz=True)
+    with pytest.raises(DatasetError, match='-dat.mat.gz: SHA256 checksum mismatch'):
+        smallnorb.read_smallnorb(str(tmp_path), n_pairs=3)
+
+
+def test_the_matrix_format():
+    a = numpy.arange(24, dtype=numpy.int32).reshape((2, 3, 4))
+    numpy.testing.assert_array_equal(smallnorb.parse_matrix(norb_matrix(a), 'a'), a)
+    c = numpy.array([4, 0, 2], numpy.int32)  # one dimension, stored as 3 x 1 x 1
+    data = norb_matrix(c)
+    assert len(data) == 8 + 12 + 12
+    numpy.testing.assert_array_equal(smallnorb.parse_matrix(data, 'c'), c)
+    with pytest.raises(DatasetError, match='c: its header states 3 values of int32, 12 '
+                                           'bytes, but 8 bytes follow'):
+        smallnorb.parse_matrix(data[:-4], 'c')
+    with pytest.raises(DatasetError, match='not a NORB byte or int matrix'):
+        smallnorb.parse_matrix(b'\0' * 24, 'z')
+    with pytest.raises(DatasetError, match='too short'):
+        smallnorb.parse_matrix(b'\0', 'z')
+
+
+def test_missing_files_and_wrong_classes(tmp_path, monkeypatch):
+    with pytest.raises(DatasetError, match='training-dat.mat, .* not found \\(nor .gz\\)'):
+        smallnorb.read_smallnorb(str(tmp_path))
+    write_smallnorb(str(tmp_path), n_pairs=2)
+    name = smallnorb.PREFIXES['test'] + '-cat.mat'
+    with open(os.path.join(str(tmp_path), name), 'wb') as f:
+        f.write(norb_matrix(numpy.array([0, 7], numpy.int32)))
+    with pytest.raises(DatasetError, match='classes must be 0..4'):
+        smallnorb.read_smallnorb(str(tmp_path), n_pairs=2)
+
+
+testing.run_module(__name__, __file__)
