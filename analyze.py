@@ -14,6 +14,8 @@ A model of the affNIST protocol (``--dataset affnist``) is scored on the expande
 test set (the digits centred on 40x40), and on the official affNIST test files of
 ``--affnist-dir`` or, without them, on an affine-transformed MNIST test set that stands
 in for affNIST (and is named so): ``metrics.json`` gives both (``transformed``).
+Other data sets' figures name the classes, and draw colour images in colour;
+``--load A B C`` also scores the models as an ensemble (``ensemble``).
 
 A MultiMNIST model gets the paper's Figure 5 instead: ``multimnist.png`` (the first
 test pairs), ``multimnist_right.png`` and ``multimnist_wrong.png``, each pair beside its
@@ -41,17 +43,17 @@ import numpy  # noqa: E402
 from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
-from capsnet_chainer.datasets import affine  # noqa: E402
 from capsnet_chainer.datasets import affnist  # noqa: E402
 from capsnet_chainer.datasets import protocols  # noqa: E402
-from capsnet_chainer.datasets.arrays import dataset_arrays  # noqa: E402
 from capsnet_chainer.device import describe_device  # noqa: E402
 from capsnet_chainer.device import get_device  # noqa: E402
+from capsnet_chainer.evaluation import ensemble  # noqa: E402
 from capsnet_chainer.evaluation import explorer  # noqa: E402
 from capsnet_chainer.evaluation import figures  # noqa: E402
 from capsnet_chainer.evaluation import metrics  # noqa: E402
 from capsnet_chainer.evaluation import pair_figures  # noqa: E402
 from capsnet_chainer.evaluation import plots  # noqa: E402
+from capsnet_chainer.evaluation import transformed  # noqa: E402
 from capsnet_chainer.fileio import file_sha256  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
 from capsnet_chainer.functions import pair_hits  # noqa: E402
@@ -62,17 +64,15 @@ from capsnet_chainer.io.modelfile import ModelFileError  # noqa: E402
 from capsnet_chainer.training import snapshots  # noqa: E402
 
 
-#: Seed of the affine-transformed MNIST test set that stands in for affNIST.
-AFFINE_STANDIN_SEED = 20171107
-
-
 def parse_args(argv=None):
     parser = cli.ArgumentParser(
         description='Figures and test-set metrics of a CapsNet model written by train.py',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--load', required=True,
+    parser.add_argument('--load', required=True, nargs='+', metavar='PATH',
                         help='model written by train.py --save (also: a train.py '
-                             'snapshot, or a model saved by the reference implementation)')
+                             'snapshot, or a model saved by the reference implementation); '
+                             'several: also score them as an ensemble, the mean of their '
+                             'class capsules\' lengths (the figures are the first\'s)')
     parser.add_argument('--out', '-o', default='analyze_result',
                         help='folder for the figures and metrics.json')
     parser.add_argument('--dataset', choices=tuple(protocols.PROTOCOLS), default=None,
@@ -106,6 +106,7 @@ def parse_args(argv=None):
                              'also draws its error per epoch, test_error.png')
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
+    args.load, args.ensemble = args.load[0], args.load[1:]
     try:
         cli.check_output_folder(args.out, '--out')
     except cli.CLIError as e:
@@ -188,6 +189,8 @@ def analyze(argv=None):
 
     # Load the model (and the log of its run: a bad one fails here, not after the scoring)
     model, meta = load(args.load)
+    members = [(args.load, model, meta)] + [(p,) + load(p) for p in args.ensemble]
+    ensemble.check_members(members)
     log = read_log(args.log) if args.log else None
     sha256 = file_sha256(args.load)
     print('# model: {} (sha256 {}), epoch {}, test accuracy when saved {}'.format(
@@ -223,9 +226,11 @@ def analyze(argv=None):
                                       'as the model file records' if recorded
                                       else 'the default: the model file records none'))
     # A DatasetError is one line in cli.run
-    _, digits = protocol.load(args.data_dir, data_dir_name='--data-dir')
+    _, digits = protocol.load(args.data_dir, data_dir_name='--data-dir',
+                              **protocol.recorded_settings(meta))
     test_set = protocol.recorded_test_set(meta, args.n_test)
     test = protocol.make_test_set(digits, test_set)
+    names = protocol.run_class_names(meta, digits)
     arrays = chainer.dataset.concat_examples(test[:])
     if tuple(arrays[0].shape[1:]) != tuple(model.config['in_shape']):
         raise cli.CLIError('--load {} takes images of shape {}, but --dataset {} has {}; '
@@ -242,13 +247,17 @@ def analyze(argv=None):
 
     evaluation = {'dataset': dataset, 'augmentation': 'none', 'batchsize': args.batchsize,
                   'data_dir': args.data_dir, 'device': str(device),
-                  'scores': model.score_name + 's'}
+                  'scores': model.score_name + 's', 'class_names': list(names)}
     if protocol.pairs:
         results = analyze_pairs(model, arrays, n_test, test_set, args, evaluation,
                                 capsules)
     else:
         results = analyze_digits(model, arrays, n_test, protocol, args, evaluation,
                                  capsules)
+    if args.ensemble:  # --load A B C ...: the class of their mean capsule lengths
+        results['ensemble'] = ensemble.evaluate(members, *arrays[:2], n_test, args.batchsize,
+                                                device, cli.Progress)
+        print(ensemble.summary(results['ensemble']))
     if capsules:  # routing.png and explorer.html
         results['routing'] = explorer.write_views(
             model, arrays[0][:n_test], arrays[1][:n_test], args.out, explorer.class_names(
@@ -282,13 +291,15 @@ def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=T
     """Sample figures (``capsules``), the score, the confusion matrix and the worst
     mistakes (beside their reconstructions with ``capsules``)."""
     x, t = arrays
+    names = evaluation['class_names']
+    labels = None if names == [str(k) for k in range(len(names))] else names  # not digits
     # Figures of the first two test images of each digit
     if capsules:
         tic = time.time()
         index = figures.select_samples(t, 2, model.config['n_class'])
         steps, layout = figures.PERTURBATIONS[args.perturbation]
         written = figures.write_sample_figures(model, x[index], t[index], args.out, steps,
-                                               layout)
+                                               layout, labels)
         for path in written:
             print('wrote {}'.format(path))
         print('# sample figures: {:.1f} s'.format(time.time() - tic))
@@ -301,8 +312,7 @@ def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=T
     results = metrics.classification_metrics(t, scores)
     errors = metrics.most_confident_errors(t, scores, args.top_k)
     title = affnist.EXPANDED_TITLE if protocol.canvas else protocol.title
-    evaluation.update(images='the first {} of the {} test set'.format(n_test, title),
-                      class_names=list(protocol.class_names))
+    evaluation.update(images='the first {} of the {} test set'.format(n_test, title))
     results.update({
         'evaluation': evaluation,
         'misclassified': [
@@ -310,50 +320,27 @@ def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=T
              'score': float(scores[i].max()), 'true_score': float(scores[i, t[i]])}
             for i in errors],
     })
-    save(plots.plot_confusion(results['confusion_matrix']),
+    save(plots.plot_confusion(results['confusion_matrix'], class_names=labels),
          os.path.join(args.out, 'confusion.png'))
     save(plots.plot_misclassified(model, x[:n_test], t, scores, errors,
-                                  reconstructions=capsules),
+                                  reconstructions=capsules, class_names=labels),
          os.path.join(args.out, 'misclassified.png'))
     print('# scoring and evaluation figures: {:.1f} s'.format(time.time() - tic))
     print('test accuracy {:.2%} (error {:.2%}) on {} {} test images, no augmentation'.format(
         results['accuracy'], results['error_rate'], n_test, title))
     if protocol.source != 'mnist':
-        names = ['{} {}'.format(k, name) for k, name in enumerate(protocol.class_names)]
-        print('# classes: {}'.format(', '.join(names)))
+        print('# classes: {}'.format(', '.join('{} {}'.format(*c) for c in enumerate(names))))
     return results
 
 
 def score_transformed(model, digits, args):
     """affNIST protocol: the accuracy on affNIST, or on its stand-in (named as such)."""
     tic = time.time()
-    # The expanded test set, the other half of affnist.get_affnist_eval, is scored already
-    try:
-        if args.affnist_dir:
-            key, title = affnist.AFFNIST_KEY, affnist.AFFNIST_TITLE
-            x, t = affnist.read_affnist(args.affnist_dir, args.n_transformed)
-        else:
-            key, title = affnist.STANDIN_KEY, affnist.STANDIN_TITLE
-            x, t, _ = affine.make_affine_test_set(*dataset_arrays(digits),
-                                                  n=args.n_transformed,
-                                                  seed=AFFINE_STANDIN_SEED)
-    except ValueError as e:  # --n-transformed beyond the files
-        raise cli.CLIError('--n-transformed: {}'.format(e), cli.EXIT_USAGE) from None
-    scores = metrics.score(model, x, args.batchsize,
-                           progress=cli.Progress('scoring {} {} images'.format(len(t), key)))
-    correct = int((scores.argmax(axis=1) == t).sum())
-    result = {'key': key, 'title': title, 'n_test': len(t), 'n_correct': correct,
-              'accuracy': correct / max(len(t), 1)}
-    if args.affnist_dir:
-        result['files'] = os.path.abspath(args.affnist_dir)
-    else:
-        result.update(seed=AFFINE_STANDIN_SEED, ranges=affine.STANDIN_RANGES,
-                      note='not affNIST: MNIST test digits under random affine '
-                           'transformations drawn from ranges meant to be affNIST\'s; '
-                           'not comparable with the paper\'s 79%')
-    print('# {}: {:.1f} s'.format(title, time.time() - tic))
+    result = transformed.score_transformed(model, digits, args.affnist_dir, args.n_transformed,
+                                           args.batchsize, cli.Progress)
+    print('# {}: {:.1f} s'.format(result['title'], time.time() - tic))
     print('{} accuracy {:.2%} (error {:.2%}) on {} images'.format(
-        title, result['accuracy'], 1 - result['accuracy'], len(t)))
+        result['title'], result['accuracy'], 1 - result['accuracy'], result['n_test']))
     return result
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Trains CapsNet on MNIST (or Fashion-MNIST, MultiMNIST, the affNIST protocol) and keeps
-the best model.
+"""Trains CapsNet on MNIST (or Fashion-MNIST, MultiMNIST, the affNIST protocol, one's own
+images, CIFAR-10, SVHN, smallNORB) and keeps the best model.
 
     python train.py -g 0 --save saved_model --reconstruct
-    python train.py -g 0 --dataset multimnist --unshared --save saved_model --reconstruct
+    python train.py -g 0 --dataset folder --data-dir my_images --save my_model --reconstruct
     python train.py -g 0 --model cnn --save cnn_model     # the paper's baseline CNN
     mpiexec -n 4 python train.py -g 0 --communicator pure_nccl ...   # 4 GPUs (ChainerMN)
 
@@ -54,7 +54,7 @@ from capsnet_chainer.training.updater import ConverterStateUpdater  # noqa: E402
 
 #: The flags that configure CapsNet; ``--model cnn`` refuses them unless at their default.
 CAPSNET_FLAGS = ('reconstruct', 'recon_weight', 'leaky_slope', 'n_iteration', 'unshared',
-                 'squash_primary', 'routing_grad', 'mask_test')
+                 'squash_primary', 'routing_grad', 'mask_test', 'none_of_the_above')
 #: Flags about the bookkeeping of a run, not about what it computes or where: left out
 #: of the ``train_args`` that a model file records.
 BOOKKEEPING_FLAGS = ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')
@@ -62,6 +62,8 @@ BOOKKEEPING_FLAGS = ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')
 #: not what it computes (N processes train what one does: ``communicator`` too).
 RESUMABLE_CHANGES = ('epoch', 'gpu', 'device', 'out', 'save', 'data_dir',
                      'communicator') + BOOKKEEPING_FLAGS
+#: Flags that snapshots written before them lack: a run resumes those while not given.
+NEWER_FLAGS = ('none_of_the_above', 'image_size', 'test_fraction')
 #: What to do about a long run on the CPU, said with the estimate of its time.
 FASTER = ('To go faster: train on a GPU (-g 0), on fewer images (--n-train N) or for '
           'fewer epochs (-e N)')
@@ -73,15 +75,11 @@ def parse_args(argv=None):
                     'MNIST, Fashion-MNIST or MultiMNIST, in Chainer',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--dataset', choices=tuple(protocols.PROTOCOLS), default='mnist',
-                        help='the data set to train and test on (see --data-dir; '
-                             'multimnist: pairs of overlaid MNIST digits, 36x36; affnist: '
-                             'MNIST placed at random on 40x40, tested on the centred '
-                             'digits, and by analyze.py on affNIST)')
+                        help='the data set to train and test on, from --data-dir '
+                             '(docs/datasets.md; folder, npz: your own images)')
     parser.add_argument('--model', choices=('capsnet', 'cnn'), default='capsnet',
-                        help='the network: CapsNet, or the paper\'s baseline CNN (Sec. 5: '
-                             'three 5x5 convolutions of 256, 256 and 128 channels, fully '
-                             'connected 328 and 192, dropout, 10-way output; trained with '
-                             'the same Adam schedule)')
+                        help='the network: CapsNet, or the paper\'s baseline CNN (Sec. 5; '
+                             'docs/baseline_cnn.md), trained with the same Adam schedule')
     parser.add_argument('--batchsize', '-b', type=positive_int, default=256)
     parser.add_argument('--decay', '-d', type=cli.unit_interval, default=0.95,
                         help='learning-rate decay factor per epoch (or per --decay-every)')
@@ -93,10 +91,9 @@ def parse_args(argv=None):
                         help='where to write the best model (by test accuracy, or by '
                              'held-out accuracy with --validation)')
     parser.add_argument('--validation', type=non_negative_int, default=0, metavar='N',
-                        help='hold out the last N training images (not trained on), '
-                             'evaluate them every epoch and keep the model that is best '
-                             'on them; the test set is then scored for the report only '
-                             '(0: the reference\'s rule, best test accuracy)')
+                        help='hold out the last N training images, never trained on, and '
+                             'keep the model best on them; the test set is then only '
+                             'reported (0: the reference\'s rule, best test accuracy)')
     parser.add_argument('--out', '-o', default='result',
                         help='folder for snapshots, log and plots')
     parser.add_argument('--resume', '-r', nargs='?', const='auto', default=None,
@@ -146,13 +143,16 @@ def parse_args(argv=None):
                                    protocols.PROTOCOLS['multimnist'].max_shift))
     variants.add_argument('--mask-test', choices=('label', 'prediction'), default='label',
                           help='decoder mask at test time: true label or prediction')
+    variants.add_argument('--none-of-the-above', action=argparse.BooleanOptionalAction,
+                          help='route with an extra "none-of-the-above" class (Sec. 7; '
+                               'default: on for cifar10 only)')
     cli.add_common_arguments(parser)
+    cli.add_image_arguments(parser)
     parser.add_argument('--communicator', choices=tuple(distributed.COMMUNICATORS),
                         default=None,
-                        help='train data-parallel over MPI with this ChainerMN '
-                             'communicator, under mpiexec -n N (naive on the CPU, '
-                             'pure_nccl on GPUs); --batchsize is then the global batch, '
-                             'split among the N processes (README: "Several processes")')
+                        help='train data-parallel with this ChainerMN communicator under '
+                             'mpiexec -n N (naive: CPU, pure_nccl: GPUs); --batchsize is '
+                             'the global batch, split among the N processes')
     return parser.parse_args(argv)
 
 
@@ -170,20 +170,21 @@ def check_args(args):
                                    .format(name.replace('_', '-'), args.model),
                                    cli.EXIT_USAGE)
     args.max_shift = protocols.protocol(args.dataset).check(
-        args.max_shift, args.shift_per_image, data_parallel=args.communicator is not None)
+        args.max_shift, args.shift_per_image, data_parallel=args.communicator is not None,
+        **{k: getattr(args, k) for k in protocols.SETTINGS})
     cli.check_output_folder(args.out, '--out')
     if args.save:
         cli.check_output_file(args.save, '--save')
 
 
-def build_model(args, in_shape):
+def build_model(args, in_shape, n_class=10, **adapted):  # adapted: Sec. 7's changes
     if args.model == 'cnn':
-        return BaselineCNN(in_shape=in_shape)
-    return CapsNet(in_shape=in_shape, reconstruct=args.reconstruct,
+        return BaselineCNN(in_shape=in_shape, n_class=n_class)
+    return CapsNet(in_shape=in_shape, n_class=n_class, reconstruct=args.reconstruct,
                    leaky_slope=args.leaky_slope, n_iteration=args.n_iteration,
                    shared_weights=not args.unshared, squash_primary=args.squash_primary,
                    grad_all_iterations=args.routing_grad == 'all',
-                   mask_test=args.mask_test, recon_weight=args.recon_weight)
+                   mask_test=args.mask_test, recon_weight=args.recon_weight, **adapted)
 
 
 def main(argv=None):
@@ -214,7 +215,8 @@ def main(argv=None):
 
     # Load the data: the source's images, then the protocol's sets
     protocol = protocols.protocol(args.dataset)
-    train, test = protocol.load(args.data_dir, args.n_train, args.n_test, '--data-dir')
+    train, test = protocol.load(args.data_dir, args.n_train, args.n_test, '--data-dir',
+                                **{k: getattr(args, k) for k in protocol.settings})
     train, heldout = split_heldout(train, args)
     data = protocol.make_data(train, heldout, test, n_test=args.n_test,
                               max_shift=args.max_shift, shift_per_image=args.shift_per_image,
@@ -223,7 +225,7 @@ def main(argv=None):
 
     # Set up a model
     set_random_seed(args.seed, device)
-    model = build_model(args, protocol.in_shape(data))
+    model = build_model(args, **protocol.network(data, args.none_of_the_above))
     print('# parameters: {:,}'.format(model.count_params()))
     model.to_device(device)
     device.use()
@@ -320,8 +322,9 @@ def main(argv=None):
 
 def run_settings(args):
     """The settings of a run that a resumed run must share (a JSON-able dict): every
-    flag except :data:`RESUMABLE_CHANGES`."""
-    settings = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
+    flag except :data:`RESUMABLE_CHANGES`; flags newer than snapshots only when given."""
+    settings = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES
+                and not (k in NEWER_FLAGS and v is None)}
     return json.loads(json.dumps(settings, sort_keys=True))
 
 
@@ -354,12 +357,14 @@ def find_resume_snapshot(args, settings):
 
 def run_meta(args, data, device, comm, key, rule):
     """What the best model's file records of its run."""
+    protocol = protocols.protocol(args.dataset)
     meta = {'train_args': {k: v for k, v in vars(args).items()
                            if k not in BOOKKEEPING_FLAGS},
             'dataset': args.dataset, 'model': args.model, 'train_images': len(data.train),
             'heldout_images': len(data.heldout) if data.heldout is not None else 0,
             'test_images': len(data.test), 'provenance': provenance(device),
-            'selection': {'key': key, 'rule': rule}}
+            'selection': {'key': key, 'rule': rule}, 'class_names': list(protocol.names(data)),
+            'preprocessing': protocol.preprocessing(data, args.max_shift, args.shift_per_image)}
     if data.test_set:
         meta['test_set'] = data.test_set
     if comm is not None:
@@ -369,11 +374,8 @@ def run_meta(args, data, device, comm, key, rule):
 
 def split_heldout(train, args):
     """``(train, heldout)``: the last ``--validation`` images held out (``None``: none).
-
-    Refuses a split that leaves fewer training images than one batch: an epoch would
-    then be a fraction of an iteration, and the log would count epochs that were never
-    asked for.
-    """
+    Refuses a split that leaves fewer training images than one batch (an epoch would be a
+    fraction of an iteration, and the log would count epochs never asked for)."""
     n_train = len(train) - args.validation
     subset = ' (--n-train {})'.format(args.n_train) if args.n_train else ''
     if n_train <= 0:

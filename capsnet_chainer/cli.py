@@ -59,9 +59,44 @@ def add_common_arguments(parser):
                         help='folder with the four IDX .gz files of the chosen --dataset '
                              '(default: the cache under $CHAINER_DATASET_ROOT, filled from '
                              'mirrors, or for Fashion-MNIST from Debian\'s '
-                             'dataset-fashion-mnist or the official host)')
+                             'dataset-fashion-mnist or the official host); folder: the '
+                             'folder of images; npz: the .npz file; cifar10, svhn, '
+                             'smallnorb: the folder of the official files (docs/datasets.md)')
     parser.add_argument('--debug', action='store_true',
                         help='show the traceback of an error')
+
+
+def add_image_arguments(parser):
+    """Adds ``train.py``'s flags for one's own images, which their protocols check:
+    ``--image-size`` and ``--test-fraction``."""
+    group = parser.add_argument_group("one's own images (--dataset folder or npz)")
+    group.add_argument('--image-size', type=image_size, default=None, metavar='HxW',
+                       help='resize every image to H x W pixels (needed where the sizes '
+                            'differ; at least 17x17)')
+    group.add_argument('--test-fraction', type=fraction, default=None, metavar='F',
+                       help='folder without test/: hold out this fraction of each class '
+                            'for testing (default 0.2; fixed seed, recorded)')
+
+
+def image_size(text):
+    """``HxW`` (or ``N`` for ``NxN``) as ``(H, W)``."""
+    try:
+        size = tuple(int(n) for n in text.lower().split('x'))
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError('must be HxW, e.g. 32x32, got {}'.format(text))
+    return size
+
+
+def fraction(text):
+    """A fraction in (0, 1)."""
+    value = finite_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError('must be in (0, 1), got {}'.format(text))
+    return value
 
 
 def positive_int(text):

@@ -24,6 +24,10 @@ from capsnet_chainer.errors import SettingError
     (cli.non_negative_float, '0', 0.0),
     (cli.unit_interval, '1', 1.0),
     (cli.unit_interval, '0.95', 0.95),
+    (cli.image_size, '32x24', (32, 24)),
+    (cli.image_size, '48X48', (48, 48)),
+    (cli.image_size, '20', (20, 20)),
+    (cli.fraction, '0.25', 0.25),
 ])
 def test_flag_types_take_their_range(convert, text, value):
     assert convert(text) == value
@@ -39,6 +43,11 @@ def test_flag_types_take_their_range(convert, text, value):
     (cli.non_negative_float, '-0.5', 'must be >= 0, got -0.5'),
     (cli.unit_interval, '0', 'must be in (0, 1], got 0'),
     (cli.unit_interval, '1.01', 'must be in (0, 1], got 1.01'),
+    (cli.image_size, '32x', 'must be HxW, e.g. 32x32, got 32x'),
+    (cli.image_size, '0x5', 'must be HxW, e.g. 32x32, got 0x5'),
+    (cli.image_size, '2x3x4', 'must be HxW, e.g. 32x32, got 2x3x4'),
+    (cli.fraction, '1', 'must be in (0, 1), got 1'),
+    (cli.fraction, '0', 'must be in (0, 1), got 0'),
 ])
 def test_flag_types_refuse_what_is_out_of_range(convert, text, message):
     with pytest.raises(argparse.ArgumentTypeError) as e:

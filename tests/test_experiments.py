@@ -1,7 +1,9 @@
 """The paper's experiments end to end: ``train.py`` and ``analyze.py`` in subprocesses,
 on a few real digits, for the baseline CNN (``--model cnn``) on MNIST and MultiMNIST,
 CapsNet on MultiMNIST (the exact resume of the pair stream, the recorded accuracy
-reproduced on the regenerated pairs), the affNIST protocol and Fashion-MNIST."""
+reproduced on the regenerated pairs), the affNIST protocol and Fashion-MNIST; and on a
+few dozen tiny images written by the tests, one's own images (a folder, an .npz file)
+and CIFAR-10 in its official format."""
 
 import json
 import os
@@ -21,6 +23,11 @@ from capsnet_chainer.io.modelfile import load_model
 from capsnet_chainer.io.modelfile import META_KEY
 from capsnet_chainer.training.snapshots import SETTINGS_KEY
 from conftest import run_train
+from conftest import tile_colours
+from official_files import run_script
+from official_files import write_cifar10
+from official_files import write_image
+from official_files import write_image_folder
 from test_analyze import run_analyze
 from test_dependability import assert_same_state
 from test_dependability import run_state
@@ -277,8 +284,8 @@ def test_train_with_a_folder_lacking_the_files_is_one_line(tmp_path):
 
 
 def test_train_refuses_an_unknown_dataset(tmp_path):
-    proc = run_train(['--dataset', 'cifar10'], tmp_path, timeout=120)
-    assert proc.returncode == 2 and "invalid choice: 'cifar10'" in proc.stderr
+    proc = run_train(['--dataset', 'cifar100'], tmp_path, timeout=120)
+    assert proc.returncode == 2 and "invalid choice: 'cifar100'" in proc.stderr
 
 
 def test_mnist_model_records_its_dataset_and_analyze_says_so(trained_run, mnist_dir, tmp_path):
@@ -320,6 +327,112 @@ def test_fashion_mnist_end_to_end(tmp_path):
     assert metrics['evaluation']['dataset'] == 'fashion-mnist'
     assert metrics['source']['meta']['dataset'] == 'fashion-mnist'
     assert os.path.isfile(str(tmp_path / 'out' / 'vis_all.png'))
+
+
+# One's own images and CIFAR-10: a tiny run each, then its analysis
+
+
+def own_run(tmp_path, train_flags, analyze_flags=(), patches=None):
+    """Trains one epoch and analyzes the model; returns both outputs, the model's meta
+    and the analysis' metrics."""
+    proc = run_script('train.py', list(train_flags) + ['-e', '1', '-b', '8', '--save',
+                                                       'model', '-o', 'result'],
+                      tmp_path, patches)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    analysis = run_script('analyze.py', ['--load', 'model', '-o', 'an'] + list(analyze_flags),
+                          tmp_path, patches)
+    assert analysis.returncode == 0, analysis.stdout[-2000:] + analysis.stderr[-2000:]
+    assert not [line for line in (proc.stderr + analysis.stderr).splitlines()
+                if 'warning' in line and 'was trained without --reconstruct' not in line]
+    with open(str(tmp_path / 'an' / 'metrics.json')) as f:
+        metrics = json.load(f)
+    return proc.stdout, analysis.stdout, load_model(str(tmp_path / 'model'))[1], metrics
+
+
+def test_a_folder_of_colour_images_end_to_end(tmp_path):
+    write_image_folder(str(tmp_path / 'images'), per_class=8, size=(20, 20), colour=True)
+    stdout, analysis, meta, metrics = own_run(
+        tmp_path, ['--dataset', 'folder', '--data-dir', 'images', '--reconstruct',
+                   '--test-fraction', '0.25'], ['--data-dir', 'images'])
+    assert ('# dataset: image folder (18 training, 6 test images of 20x20, 3 channels, 3 '
+            'classes)') in stdout
+    assert '# parameters: 7,165,360' in stdout
+    assert meta['class_names'] == ['cat', 'dog', 'fish']
+    assert meta['test_set'] == {'test_fraction': 0.25, 'seed': 20171107}
+    assert meta['preprocessing']['train'].startswith('shifted up to 2 px')
+    assert metrics['n_correct'] == meta['validation/main/accuracy_correct']
+    assert metrics['evaluation']['class_names'] == ['cat', 'dog', 'fish']
+    assert '# classes: 0 cat, 1 dog, 2 fish' in analysis
+    # the figures are in colour
+    assert tile_colours(str(tmp_path / 'an' / 'vis.png'), 2, 6).std(axis=-1).max() > 0.02
+    for name in ('vis_all.png', 'vis_tweaked2.png', 'confusion.png', 'misclassified.png'):
+        assert os.path.getsize(str(tmp_path / 'an' / name)) > 0
+
+
+def test_arrays_end_to_end_and_an_ensemble(tmp_path):
+    rs = numpy.random.RandomState(0)
+    t = numpy.arange(40) % 4
+    x = (rs.rand(40, 18, 18, 2) * 0.5 + t[:, None, None, None] * 0.12).astype(numpy.float32)
+    numpy.savez(str(tmp_path / 'mine.npz'), x_train=x[:32], y_train=t[:32], x_test=x[32:],
+                y_test=t[32:], class_names=numpy.array(['north', 'east', 'south', 'west']))
+    stdout, analysis, meta, metrics = own_run(
+        tmp_path, ['--dataset', 'npz', '--data-dir', 'mine.npz'],
+        ['--data-dir', 'mine.npz', '--load', 'model', 'model'])  # twice: an ensemble
+    assert '(32 training, 8 test images of 18x18, 2 channels, 4 classes)' in stdout
+    assert '# parameters: 6,591,624' in stdout
+    assert meta['class_names'] == ['north', 'east', 'south', 'west']
+    assert metrics['n_correct'] == meta['validation/main/accuracy_correct']
+    result = metrics['ensemble']
+    assert result['n_models'] == 2 and result['n_correct'] == metrics['n_correct']
+    assert [m['n_correct'] for m in result['members']] == [metrics['n_correct']] * 2
+    assert 'ensemble of 2 models: test accuracy' in analysis
+
+
+def test_cifar10_end_to_end(tmp_path):
+    _, _, _, md5 = write_cifar10(str(tmp_path / 'cifar'), per_batch=8, n_test=16)
+    patches = {'capsnet_chainer.datasets.cifar10.ARCHIVE_MD5': md5['cifar-10-python.tar.gz']}
+    stdout, analysis, meta, metrics = own_run(
+        tmp_path, ['--dataset', 'cifar10', '--data-dir', 'cifar'], ['--data-dir', 'cifar'],
+        patches)
+    assert '# dataset: CIFAR-10 (40 training, 16 test images of 24x24, 3 channels' in stdout
+    assert '# parameters: 13,150,912' in stdout
+    config = metrics['config']
+    assert config['in_shape'] == [3, 24, 24] and config['n_primary_type'] == 64
+    assert config['none_of_the_above'] is True and config['standardize'] is True
+    assert meta['test_set'] == {'crop': [24, 24]}
+    assert meta['preprocessing']['test'] == 'the centre 24x24 crop'
+    assert metrics['n_correct'] == meta['validation/main/accuracy_correct']
+    assert '# classes: 0 airplane, 1 automobile' in analysis
+    # the official files only: the small archive is not
+    proc = run_train(['--dataset', 'cifar10', '--data-dir', 'cifar', '-e', '1', '-o', 'r2'],
+                     tmp_path, timeout=120)
+    assert proc.returncode == 1 and 'MD5 checksum mismatch' in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('flags, code, message', [
+    (['--dataset', 'folder', '--data-dir', 'sizes'], 1, 'images of different sizes'),
+    (['--dataset', 'folder', '--data-dir', 'sizes', '--image-size', '16x30', '-b', '2'], 2,
+     '--image-size 16x30: images of 16x30 are too small for CapsNet'),
+    (['--dataset', 'folder', '--data-dir', 'one'], 1, 'only the class folder cat'),
+    (['--dataset', 'folder', '--data-dir', 'sizes', '--test-fraction', '1.5'], 2,
+     'argument --test-fraction: must be in (0, 1)'),
+    (['--dataset', 'npz', '--data-dir', 'sizes', '--test-fraction', '0.5'], 2,
+     '--test-fraction 0.5: applies to --dataset folder, not npz'),
+    (['--image-size', '32x32'], 2, '--image-size 32x32: applies to --dataset folder and '
+                                   'npz, not mnist'),
+    (['--dataset', 'cifar10', '--max-shift', '2'], 2, 'trains on random 24x24 crops'),
+    (['--model', 'cnn', '--none-of-the-above'], 2, '--none-of-the-above configures CapsNet'),
+])
+def test_bad_settings_and_data_are_one_line(tmp_path, flags, code, message):
+    root = write_image_folder(str(tmp_path / 'sizes'), per_class=2, size=(20, 20))
+    blank = numpy.zeros((30, 30), numpy.uint8)
+    write_image(os.path.join(root, 'train', 'dog', 'big.png'), blank)
+    write_image(str(tmp_path / 'one' / 'train' / 'cat' / '0.png'), blank[:20, :20])
+    proc = run_train(flags + ['-e', '1'], tmp_path, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and 'Traceback' not in proc.stderr
 
 
 testing.run_module(__name__, __file__)

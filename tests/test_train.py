@@ -321,7 +321,11 @@ def test_run_settings_are_every_flag_but_the_resumable_ones(train, tmp_path):
     args = train.parse_args(['-b', '16', '--reconstruct', '-e', '3', '--save', 'best',
                              '-o', str(tmp_path), '--keep', '2'])
     settings = train.run_settings(args)
-    assert set(settings) == set(vars(args)) - set(train.RESUMABLE_CHANGES)
+    # flags newer than the snapshots of older runs count only when given
+    assert set(settings) == (set(vars(args)) - set(train.RESUMABLE_CHANGES)
+                             - set(train.NEWER_FLAGS))
+    given = train.parse_args(['--none-of-the-above', '--image-size', '20x20'])
+    assert {'none_of_the_above', 'image_size'} <= set(train.run_settings(given))
     assert settings['batchsize'] == 16 and settings['reconstruct'] is True
     assert 'epoch' not in settings and 'keep' not in settings and 'save' not in settings
     assert list(settings) == sorted(settings)  # as JSON stores them

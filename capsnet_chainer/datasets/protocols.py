@@ -1,9 +1,9 @@
 """What each ``--dataset`` trains and tests on: the protocols of the paper's experiments.
 
-A protocol is an object that knows where its images come from (:meth:`Protocol.load`),
-which settings it takes (:meth:`Protocol.check`, the one place that checks them), and
-how it turns the source's images into the training set, the held-out set, the test set
-and the training converter of one experiment (:meth:`Protocol.make_data`):
+A protocol (:class:`~capsnet_chainer.datasets.protocol_base.Protocol`) is an object that
+knows where its images come from, which settings it takes (the one place that checks
+them), and how it turns the source's images into the training set, the held-out set,
+the test set and the training converter of one experiment:
 
 .. csv-table::
     :header: ``--dataset``, source, training examples, augmentation, test set
@@ -19,6 +19,9 @@ and the training converter of one experiment (:meth:`Protocol.make_data`):
     canvas (:class:`~capsnet_chainer.datasets.placement.RandomPlacement`), nothing
     else", "the expanded MNIST test set (digits centred); ``analyze.py`` adds affNIST or
     its stand-in (:func:`~capsnet_chainer.datasets.affnist.get_affnist_eval`)"
+    ``folder``, ``npz``, ``cifar10``, ``svhn``, ``smallnorb``, "one's own images, CIFAR-10,
+    SVHN, smallNORB", "``(x, t)``, any size and channels", "see
+    :mod:`~capsnet_chainer.datasets.image_protocols`", "their test images"
 
 A test set that is generated rather than read is described by a small dict
 (:attr:`Data.test_set`) that model files record, so that ``analyze.py`` regenerates
@@ -28,16 +31,16 @@ the very set the run was tested on (:meth:`Protocol.make_test_set`).
 import collections
 
 import chainer
-import numpy
 
+from capsnet_chainer.datasets import image_protocols
 from capsnet_chainer.datasets import multimnist
 from capsnet_chainer.datasets.arrays import dataset_arrays
-from capsnet_chainer.datasets.augment import RandomShift
-from capsnet_chainer.datasets.mnist import DATASETS
-from capsnet_chainer.datasets.mnist import get_dataset
 from capsnet_chainer.datasets.placement import CANVAS
 from capsnet_chainer.datasets.placement import expand
 from capsnet_chainer.datasets.placement import RandomPlacement
+from capsnet_chainer.datasets.protocol_base import Data
+from capsnet_chainer.datasets.protocol_base import Protocol
+from capsnet_chainer.datasets.protocol_base import SETTINGS  # noqa: F401
 from capsnet_chainer.errors import SettingError
 
 #: Seed of the MultiMNIST test pairs (fixed: every run is tested on the same pairs).
@@ -47,112 +50,6 @@ MULTIMNIST_HELDOUT_SEED = 20171027
 #: Test pairs when ``--n-test`` is not given: each test digit is the base of one pair.
 MULTIMNIST_TEST_PAIRS = 10000
 
-#: The sets of a run: datasets of examples, the training converter, and the
-#: description of a generated test set (``{}`` for a test set read from files).
-Data = collections.namedtuple('Data', 'train heldout test converter test_set')
-
-
-class Protocol(object):
-    """Single digits shifted by whole pixels (MNIST, Fashion-MNIST): the base protocol.
-
-    Args:
-        name (str): The ``--dataset`` name.
-        title (str): How reports name it.
-        source (str): The data set of its images, a key of
-            :data:`~capsnet_chainer.datasets.mnist.DATASETS`.
-
-    Attributes:
-        pairs (bool): Two digits per image (labels ``(B, 2)``).
-        max_shift (int or None): The default largest shift; ``None``: nothing is
-            shifted.
-        canvas (int or None): The side of the canvas the digits are put on; ``None``:
-            the source's 28x28.
-    """
-
-    pairs = False
-    max_shift = 2
-    canvas = None
-
-    def __init__(self, name, title, source):
-        self.name = name
-        self.title = title
-        self.source = source
-
-    @property
-    def class_names(self):
-        """The names of the classes, in label order."""
-        return DATASETS[self.source].class_names
-
-    def check(self, max_shift=None, shift_per_image=False, data_parallel=False):
-        """Checks the settings of a run of this protocol, before anything is loaded.
-
-        Args:
-            max_shift (int): Largest shift in pixels (``None``: the protocol's default).
-            shift_per_image (bool): One shift per image rather than per batch.
-            data_parallel (bool): Training over several processes.
-
-        Returns:
-            int or None: ``max_shift``, the default where it was ``None``.
-
-        Raises:
-            SettingError: A setting this protocol does not take.
-        """
-        if max_shift is None:
-            max_shift = self.max_shift
-        if max_shift is not None and max_shift >= 28:
-            raise SettingError('max_shift', 'would shift the whole 28x28 image out of view',
-                               max_shift)
-        return max_shift
-
-    def load(self, data_dir=None, n_train=None, n_test=None, data_dir_name='data_dir'):
-        """The training and test images of the source, ``(train, test)`` of ``(x, t)``
-        (:func:`~capsnet_chainer.datasets.mnist.get_dataset`)."""
-        return get_dataset(self.source, data_dir=data_dir, n_train=n_train, n_test=n_test,
-                           data_dir_name=data_dir_name)
-
-    def make_data(self, train, heldout, test, n_test=None, max_shift=None,
-                  shift_per_image=False, seed=0, part=(0, 1)):
-        """The sets of a training run.
-
-        Args:
-            train, heldout, test: Images ``(x, t)`` of the source, as :meth:`load` gives
-                them (``heldout``: the images ``--validation`` holds out, or ``None``).
-            n_test (int): MultiMNIST: test pairs (``None``: :data:`MULTIMNIST_TEST_PAIRS`).
-            max_shift, shift_per_image: As :meth:`check` takes them.
-            seed (int): Seed of the augmentation or of the training pairs.
-            part (tuple of int): ``(rank, processes)`` in data-parallel training: the
-                converter augments this rank's part of each global batch as one process
-                would (:mod:`capsnet_chainer.training.distributed`).
-
-        Returns:
-            Data: The training, held-out and test sets, the converter, and ``test_set``.
-        """
-        max_shift = self.check(max_shift, shift_per_image, part[1] > 1)
-        converter = RandomShift(max_shift, per_image=shift_per_image, seed=seed, part=part)
-        return Data(train, heldout, test, converter, {})
-
-    def make_test_set(self, test, test_set=None):
-        """The test set from the source's test images ``test``.
-
-        Args:
-            test_set (dict): :attr:`Data.test_set` as a model file records it (for a
-                generated test set; ignored for one read from files).
-        """
-        return test
-
-    def recorded_test_set(self, meta, n_test=None):
-        """The ``test_set`` to analyze a model with: ``{}``, the test set is read."""
-        return {}
-
-    def describe(self, data):
-        """One line on the sets of a run, for the start of ``train.py``."""
-        return '{} ({} training, {} test images)'.format(
-            self.title, len(data.train), len(data.test))
-
-    def in_shape(self, data):
-        """The shape ``(C, H, W)`` of the images of ``data``."""
-        return tuple(numpy.shape(data.test[0][0]))
-
 
 class PlacedDigits(Protocol):
     """Each digit placed at random on a larger canvas, and nothing else (the affNIST
@@ -161,7 +58,8 @@ class PlacedDigits(Protocol):
     max_shift = None
     canvas = CANVAS
 
-    def check(self, max_shift=None, shift_per_image=False, data_parallel=False):
+    def check(self, max_shift=None, shift_per_image=False, data_parallel=False, **settings):
+        self.check_settings(settings)
         given = [name for name, on in (('max_shift', max_shift is not None),
                                        ('shift_per_image', shift_per_image)) if on]
         if given:
@@ -182,6 +80,11 @@ class PlacedDigits(Protocol):
         x, t = dataset_arrays(test)
         return chainer.datasets.TupleDataset(expand(x, self.canvas), t)
 
+    def preprocessing(self, data, max_shift=None, shift_per_image=False):
+        side = '{0}x{0} canvas'.format(self.canvas)
+        return {'train': 'each digit placed at random on the ' + side,
+                'test': 'each digit centred on the ' + side}
+
 
 class DigitPairs(Protocol):
     """MultiMNIST (Sec. 6): pairs of overlaid digits of different classes, each shifted
@@ -191,7 +94,8 @@ class DigitPairs(Protocol):
     max_shift = multimnist.MAX_SHIFT
     canvas = multimnist.CANVAS
 
-    def check(self, max_shift=None, shift_per_image=False, data_parallel=False):
+    def check(self, max_shift=None, shift_per_image=False, data_parallel=False, **settings):
+        self.check_settings(settings)
         if data_parallel:
             raise SettingError('communicator', '--dataset {} draws its training pairs in '
                                'one process (the pair stream is not yet split over '
@@ -202,7 +106,8 @@ class DigitPairs(Protocol):
                                'of a pair on its own'.format(self.name))
         return super().check(max_shift)
 
-    def load(self, data_dir=None, n_train=None, n_test=None, data_dir_name='data_dir'):
+    def load(self, data_dir=None, n_train=None, n_test=None, data_dir_name='data_dir',
+             **settings):
         """As :meth:`Protocol.load`, every test digit: ``n_test`` counts pairs, and the
         pairs draw on all of them."""
         return super().load(data_dir, n_train, None, data_dir_name)
@@ -235,6 +140,11 @@ class DigitPairs(Protocol):
             test_set['pairs'] = n_test
         return test_set
 
+    def preprocessing(self, data, max_shift=None, shift_per_image=False):
+        return {'train': 'pairs of digits of different classes drawn on the fly, each '
+                         'digit shifted up to {} px'.format(max_shift),
+                'test': 'fixed pairs (the test_set record)'}
+
     def describe(self, data):
         held = (', {} held-out pairs'.format(len(data.heldout))
                 if data.heldout is not None else '')
@@ -256,7 +166,7 @@ PROTOCOLS = collections.OrderedDict((p.name, p) for p in (
     Protocol('fashion-mnist', 'Fashion-MNIST', 'fashion-mnist'),
     DigitPairs('multimnist', 'MultiMNIST', 'mnist'),
     PlacedDigits('affnist', 'MNIST on a 40x40 canvas (the affNIST protocol)', 'mnist'),
-))
+) + image_protocols.PROTOCOLS)
 
 
 def protocol(name):

@@ -1,11 +1,14 @@
 """Figures of a trained CapsNet's capsules: reconstructions, masking, perturbations.
 
 Each figure is made in two steps. A *computation* function returns the tiles as a NumPy
-array ``(rows, cols, H, W)`` (row-major, one 28x28 grey-level image per tile), so that tests can
-check the content. :func:`draw_grid` then draws them into one :class:`~matplotlib.axes.Axes`,
-one :class:`~matplotlib.image.AxesImage` per tile, in row-major order, with grey levels
-0..1, axes off and tight spacing. Given images (and the unperturbed row of a perturbation
-figure) use :data:`GIVEN_CMAP` (green), reconstructions :data:`RECON_CMAP` (blue).
+array ``(rows, cols, H, W)`` (row-major, one 28x28 grey-level image per tile; ``(rows,
+cols, H, W, 3)`` for colour images), so that tests can check the content. :func:`draw_grid`
+then draws them into one :class:`~matplotlib.axes.Axes`, one
+:class:`~matplotlib.image.AxesImage` per tile, in row-major order, with grey levels 0..1,
+axes off and tight spacing. Given images (and the unperturbed row of a perturbation
+figure) use :data:`GIVEN_CMAP` (green), reconstructions :data:`RECON_CMAP` (blue); colour
+images are drawn in their own colours. With ``class_names`` (a data set whose classes are
+not the digits 0..9), the figures name the class of each column, row or figure.
 
 The drawing uses :class:`matplotlib.figure.Figure` directly, never :mod:`matplotlib.pyplot`,
 so nothing here needs a display or leaves figures open.
@@ -27,6 +30,7 @@ import numpy
 
 from capsnet_chainer.evaluation.metrics import decode
 from capsnet_chainer.evaluation.metrics import digit_capsules
+from capsnet_chainer.evaluation.metrics import image_tiles
 from capsnet_chainer.fileio import write_atomic
 from capsnet_chainer.inference import to_cpu
 
@@ -70,23 +74,17 @@ def select_samples(labels, per_class=2, n_class=10):
     return numpy.concatenate(index).astype(numpy.int64)
 
 
-def image_tiles(x):
-    """``(B, 1, H, W)`` or ``(B, H, W)`` images as NumPy ``(B, H, W)``."""
-    x = numpy.asarray(to_cpu(x))
-    return x.reshape((len(x),) + x.shape[-2:])
-
-
 def reconstructions(model, x, t):
     """Inputs and their reconstructions masked with the true digit (``vis.png``).
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(B, 1, H, W)``.
+        x (array): Images ``(B, C, H, W)``.
         t (array): Their labels ``(B,)``.
 
     Returns:
-        numpy.ndarray: Tiles ``(2, B, H, W)``: row 0 the inputs, row 1 the
-        reconstructions.
+        numpy.ndarray: Tiles ``(2, B, H, W)`` (``(2, B, H, W, 3)`` in colour): row 0 the
+        inputs, row 1 the reconstructions.
     """
     recon = decode(model, digit_capsules(model, x), t)
     return numpy.stack((image_tiles(x), recon))
@@ -140,12 +138,41 @@ def perturbation_grid(model, x1, t1, steps=REFERENCE_STEPS):
 # Drawing
 
 
-def new_axes(n_row, n_col, tile_inches=TILE_INCHES, extra_top=0.0):
-    """A new :class:`~matplotlib.figure.Figure` sized for a grid, and its one Axes."""
+def new_axes(n_row, n_col, tile_inches=TILE_INCHES, extra_top=0.0, extra_left=0.0):
+    """A new :class:`~matplotlib.figure.Figure` sized for a grid, and its one Axes, with
+    ``extra_top`` and ``extra_left`` inches for labels."""
+    width = n_col * tile_inches + extra_left
     fig = matplotlib.figure.Figure(
-        figsize=(n_col * tile_inches, n_row * tile_inches + extra_top), dpi=DPI)
+        figsize=(width, n_row * tile_inches + extra_top), dpi=DPI)
     top = n_row * tile_inches / (n_row * tile_inches + extra_top)
-    return fig.add_axes((0, 0, 1, top))
+    if not extra_left:
+        return fig.add_axes((0, 0, 1, top))
+    return fig.add_axes((extra_left / width, 0, 1 - extra_left / width, top))
+
+
+#: Inches for a row of column labels, for row labels, and for a title.
+LABEL_INCHES, ROW_LABEL_INCHES, TITLE_INCHES = 0.3, 0.9, 0.3
+
+
+def labelled_axes(n_row, n_col, columns=False, rows=False, title=False):
+    """:func:`new_axes` with room for column labels, row labels and a title."""
+    return new_axes(n_row, n_col, extra_top=LABEL_INCHES * columns + TITLE_INCHES * title,
+                    extra_left=ROW_LABEL_INCHES * rows)
+
+
+def label_grid(ax, shape, columns=None, rows=None, title=None, gap=GAP):
+    """Names the columns (above them), the rows (left of them) and the figure of a grid
+    that :func:`draw_grid` drew with tiles of ``shape`` ``(R, C, H, W, ...)``."""
+    H, W = shape[2:4]
+    for c, label in enumerate(columns or ()):
+        ax.text(c * (W + gap) + W / 2, -gap, label, ha='center', va='bottom', fontsize=6,
+                clip_on=False)
+    for r, label in enumerate(rows or ()):
+        ax.text(-gap, r * (H + gap) + H / 2, label, ha='right', va='center', fontsize=6,
+                clip_on=False)
+    if title:
+        ax.figure.suptitle(title, fontsize=8, y=0.995, va='top')
+    return ax
 
 
 def _cmap_grid(cmaps, n_row, n_col):
@@ -162,7 +189,8 @@ def draw_grid(tiles, cmaps, ax=None, gap=GAP):
     """Draws tiles as a grid, one image per tile, grey levels 0..1, axes off.
 
     Args:
-        tiles (array): ``(rows, cols, H, W)``.
+        tiles (array): ``(rows, cols, H, W)``, or ``(rows, cols, H, W, 3)`` for colour
+            images (drawn in their colours, clipped to 0..1; ``cmaps`` then unused).
         cmaps (str or sequence): One colour-map name for all tiles, one per row
             (length ``R``), or a 2-D ``(R, C)`` grid (``(1, C)`` gives one per column).
         ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
@@ -174,16 +202,22 @@ def draw_grid(tiles, cmaps, ax=None, gap=GAP):
         r * (H + gap))``.
     """
     tiles = numpy.asarray(tiles)
-    R, C, H, W = tiles.shape
+    R, C, H, W = tiles.shape[:4]
     names = _cmap_grid(cmaps, R, C)
     if ax is None:
         ax = new_axes(R, C)
     norm = matplotlib.colors.Normalize(vmin=0, vmax=1)
+    colour = tiles.ndim == 5
     for r in range(R):
         for c in range(C):
             x0, y0 = c * (W + gap), r * (H + gap)
-            ax.imshow(tiles[r, c], cmap=names[r, c], norm=norm, interpolation='nearest',
-                      extent=(x0, x0 + W, y0 + H, y0))
+            extent = (x0, x0 + W, y0 + H, y0)
+            if colour:
+                ax.imshow(numpy.clip(tiles[r, c], 0, 1), interpolation='nearest',
+                          extent=extent)
+            else:
+                ax.imshow(tiles[r, c], cmap=names[r, c], norm=norm, interpolation='nearest',
+                          extent=extent)
     ax.set_xlim(-gap / 2, C * (W + gap) - gap / 2)
     ax.set_ylim(R * (H + gap) - gap / 2, -gap / 2)
     ax.set_aspect('equal')
@@ -191,9 +225,16 @@ def draw_grid(tiles, cmaps, ax=None, gap=GAP):
     return ax
 
 
-def plot_reconstructions(model, x, t, ax=None):
-    """``vis.png``: the inputs (green), then their true-mask reconstructions (blue)."""
-    return draw_grid(reconstructions(model, x, t), [GIVEN_CMAP, RECON_CMAP], ax=ax)
+def plot_reconstructions(model, x, t, ax=None, class_names=None):
+    """``vis.png``: the inputs (green), then their true-mask reconstructions (blue); with
+    ``class_names``, each column named by its class."""
+    tiles = reconstructions(model, x, t)
+    if class_names is not None and ax is None:
+        ax = labelled_axes(*tiles.shape[:2], columns=True)
+    ax = draw_grid(tiles, [GIVEN_CMAP, RECON_CMAP], ax=ax)
+    if class_names is not None:
+        label_grid(ax, tiles.shape, columns=[class_names[k] for k in numpy.asarray(t)])
+    return ax
 
 
 def masking_cmaps(n_class=10):
@@ -201,9 +242,18 @@ def masking_cmaps(n_class=10):
     return [GIVEN_CMAP] + [RECON_CMAP] * n_class
 
 
-def plot_masking_grid(model, x, ax=None):
-    """``vis_all.png``: inputs, then one row per forced digit (:func:`masking_grid`)."""
-    return draw_grid(masking_grid(model, x), masking_cmaps(model.config['n_class']), ax=ax)
+def plot_masking_grid(model, x, ax=None, class_names=None, t=None):
+    """``vis_all.png``: inputs, then one row per forced digit (:func:`masking_grid`); with
+    ``class_names``, each row named by the class it is decoded as (and each column by
+    its label ``t``)."""
+    tiles = masking_grid(model, x)
+    if class_names is not None and ax is None:
+        ax = labelled_axes(*tiles.shape[:2], columns=t is not None, rows=True)
+    ax = draw_grid(tiles, masking_cmaps(model.config['n_class']), ax=ax)
+    if class_names is not None:
+        label_grid(ax, tiles.shape, None if t is None else [class_names[k] for k in t],
+                   ['input'] + ['as ' + name for name in class_names])
+    return ax
 
 
 def perturbation_cmaps(steps):
@@ -232,11 +282,19 @@ def perturbation_tiles(tiles, steps, layout='steps'):
     raise ValueError('layout must be steps or dims, got {!r}'.format(layout))
 
 
-def plot_perturbation(model, x1, t1, steps=REFERENCE_STEPS, layout='steps', ax=None):
-    """``vis_tweakedK.png``: one image's capsule dimensions tweaked (unperturbed green)."""
+def plot_perturbation(model, x1, t1, steps=REFERENCE_STEPS, layout='steps', ax=None,
+                      class_names=None):
+    """``vis_tweakedK.png``: one image's capsule dimensions tweaked (unperturbed green);
+    with ``class_names``, titled with the class."""
     tiles, cmaps = perturbation_tiles(perturbation_grid(model, x1, t1, steps), steps,
                                       layout)
-    return draw_grid(tiles, cmaps, ax=ax)
+    if class_names is not None and ax is None:
+        ax = labelled_axes(*tiles.shape[:2], title=True)
+    ax = draw_grid(tiles, cmaps, ax=ax)
+    if class_names is not None:
+        label_grid(ax, tiles.shape, title='capsule {} ({}): each dimension tweaked'.format(
+            int(t1), class_names[int(t1)]))
+    return ax
 
 
 def save_figure(ax_or_fig, path):
@@ -253,16 +311,19 @@ def save_figure(ax_or_fig, path):
     fig.clear()
 
 
-def write_sample_figures(model, x, t, out, steps=REFERENCE_STEPS, layout='steps'):
+def write_sample_figures(model, x, t, out, steps=REFERENCE_STEPS, layout='steps',
+                         class_names=None):
     """Writes ``vis.png``, ``vis_all.png`` and ``vis_tweaked0.png`` ..
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): The samples ``(B, 1, H, W)``, e.g. :func:`select_samples` of the
+        x (array): The samples ``(B, C, H, W)``, e.g. :func:`select_samples` of the
             test set.
         t (array): Their labels.
         out (str): Folder to write into (made if missing).
         steps, layout: See :func:`perturbation_tiles`.
+        class_names (sequence of str): Name the classes in the figures (``None``: the
+            digits' figures, unlabelled).
 
     Returns:
         list of str: The paths written. The perturbation figures use the first sample
@@ -272,16 +333,17 @@ def write_sample_figures(model, x, t, out, steps=REFERENCE_STEPS, layout='steps'
     t = numpy.asarray(to_cpu(t))
     paths = []
     path = os.path.join(out, 'vis.png')
-    save_figure(plot_reconstructions(model, x, t), path)
+    save_figure(plot_reconstructions(model, x, t, class_names=class_names), path)
     paths.append(path)
     path = os.path.join(out, 'vis_all.png')
-    save_figure(plot_masking_grid(model, x), path)
+    save_figure(plot_masking_grid(model, x, class_names=class_names, t=t), path)
     paths.append(path)
     for k in range(model.config['n_class']):
         first = numpy.flatnonzero(t == k)
         if not len(first):
             continue
         path = os.path.join(out, 'vis_tweaked{}.png'.format(k))
-        save_figure(plot_perturbation(model, x[first[0]], k, steps, layout), path)
+        save_figure(plot_perturbation(model, x[first[0]], k, steps, layout,
+                                      class_names=class_names), path)
         paths.append(path)
     return paths

@@ -21,8 +21,20 @@ def digit_capsules(model, x, batchsize=BATCHSIZE):
     Returns:
         numpy.ndarray: ``v`` ``(B, J, D)``, float32.
     """
-    return batched(model, model.digit_capsules, (x,), (model.config['n_class'], 16),
-                   batchsize)
+    return batched(model, model.digit_capsules, (x,),
+                   (model.config['n_class'], model.digits.out_dim), batchsize)
+
+
+def image_tiles(x):
+    """Images as figures draw them: ``(B, 1, H, W)`` or ``(B, H, W)`` as ``(B, H, W)``
+    grey levels, ``(B, 3, H, W)`` as ``(B, H, W, 3)`` RGB, and images of another number
+    of channels (smallNORB's stereo pairs) by their first channel, ``(B, H, W)``; NumPy."""
+    x = numpy.asarray(to_cpu(x))
+    if x.ndim == 4 and x.shape[1] == 3:
+        return x.transpose((0, 2, 3, 1))
+    if x.ndim == 4:
+        x = x[:, 0]
+    return x.reshape((len(x),) + x.shape[-2:])
 
 
 def decode(model, v, labels, batchsize=BATCHSIZE):
@@ -34,13 +46,14 @@ def decode(model, v, labels, batchsize=BATCHSIZE):
         labels (array): The digit to keep for each example ``(B,)``.
 
     Returns:
-        numpy.ndarray: Images ``(B, H, W)`` (the single channel dropped), float32.
+        numpy.ndarray: Images as :func:`image_tiles` gives them: ``(B, H, W)`` (the
+        single channel dropped) or, in colour, ``(B, H, W, 3)``; float32.
     """
     v = numpy.asarray(to_cpu(v), numpy.float32)
     labels = numpy.asarray(to_cpu(labels), numpy.int32)
-    H, W = model.config['in_shape'][1:]
-    y = batched(model, model.decode, (v, labels), (1, H, W), batchsize)
-    return y.reshape((-1, H, W))
+    y = batched(model, model.decode, (v, labels), tuple(model.config['in_shape']),
+                batchsize)
+    return image_tiles(y)
 
 
 def confusion_matrix(t, pred, n_class=10):

@@ -22,12 +22,14 @@ from capsnet_chainer.evaluation.metrics import digit_capsules
 from capsnet_chainer.inference import to_cpu
 
 
-def plot_confusion(matrix, ax=None):
+def plot_confusion(matrix, ax=None, class_names=None):
     """The confusion matrix: counts written in the cells, shaded by row fraction.
 
     Args:
         matrix (array): Counts ``(n_class, n_class)``, rows true, columns predicted.
         ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
+        class_names (sequence of str): Name the rows and columns by class (``None``: by
+            digit).
 
     Returns:
         ~matplotlib.axes.Axes: ``ax``; ``ax.images[0]`` holds the row fractions.
@@ -48,12 +50,16 @@ def plot_confusion(matrix, ax=None):
                         color='white' if fraction[i, j] > 0.5 else 'black')
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
-    ax.set_xlabel('predicted digit')
-    ax.set_ylabel('true digit')
+    what = 'digit' if class_names is None else 'class'
+    if class_names is not None:
+        ax.set_xticklabels(class_names, rotation=90, fontsize=7)
+        ax.set_yticklabels(class_names, fontsize=7)
+    ax.set_xlabel('predicted ' + what)
+    ax.set_ylabel('true ' + what)
     n_total = int(matrix.sum())
     accuracy = numpy.trace(matrix) / n_total if n_total else float('nan')
     ax.set_title('{} test images, accuracy {:.2%}'.format(n_total, accuracy))
-    ax.figure.colorbar(image, ax=ax, label='fraction of the true digit')
+    ax.figure.colorbar(image, ax=ax, label='fraction of the true ' + what)
     return ax
 
 
@@ -137,13 +143,13 @@ def misclassified_tiles(model, x, t, scores, index):
 
     Args:
         model (~capsnet_chainer.CapsNet): The network.
-        x (array): Images ``(B, 1, H, W)``; t (array): labels ``(B,)``;
+        x (array): Images ``(B, C, H, W)``; t (array): labels ``(B,)``;
         scores (array): ``(B, n_class)``.
         index (array): The examples to show, e.g. :func:`most_confident_errors`.
 
     Returns:
-        numpy.ndarray: ``(3, K, H, W)``: the inputs, their reconstructions masked with
-        the predicted digit, then masked with the true digit.
+        numpy.ndarray: ``(3, K, H, W)`` (``(3, K, H, W, 3)`` in colour): the inputs, their
+        reconstructions masked with the predicted digit, then masked with the true digit.
     """
     index = numpy.asarray(index, numpy.int64)
     xs = numpy.asarray(to_cpu(x))[index]
@@ -153,7 +159,8 @@ def misclassified_tiles(model, x, t, scores, index):
     return numpy.stack((image_tiles(xs), decode(model, v, pred), decode(model, v, ts)))
 
 
-def plot_misclassified(model, x, t, scores, index, ax=None, reconstructions=True):
+def plot_misclassified(model, x, t, scores, index, ax=None, reconstructions=True,
+                       class_names=None):
     """The given misclassified examples beside their two reconstructions.
 
     Columns are examples; rows: the input (green), the reconstruction as the predicted
@@ -163,6 +170,8 @@ def plot_misclassified(model, x, t, scores, index, ax=None, reconstructions=True
     Args:
         reconstructions (bool): Draw the two reconstruction rows; ``False`` (a network
             without a decoder) draws the inputs alone. ``model`` is then not used.
+        class_names (sequence of str): Name the classes in the titles (``None``: by
+            number).
 
     Returns:
         ~matplotlib.axes.Axes: ``ax``.
@@ -185,9 +194,10 @@ def plot_misclassified(model, x, t, scores, index, ax=None, reconstructions=True
     t = numpy.asarray(to_cpu(t))
     scores = numpy.asarray(scores)
     W = tiles.shape[3]
+    name = (lambda k: k) if class_names is None else (lambda k: class_names[k])
     for c, i in enumerate(index):
         pred = int(scores[i].argmax())
         ax.text(c * (W + GAP) + W / 2, -GAP, 'true {}\npred {}\n{:.2f}'.format(
-            int(t[i]), pred, scores[i, pred]), ha='center', va='bottom', fontsize=7,
-            clip_on=False)
+            name(int(t[i])), name(pred), scores[i, pred]), ha='center', va='bottom',
+            fontsize=7, clip_on=False)
     return ax
