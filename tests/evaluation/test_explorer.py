@@ -465,6 +465,36 @@ def test_pairs_show_two_capsules_overlaid_in_red_and_green(browser, small_pages)
     page.close()
 
 
+def test_colour_images_and_the_none_of_the_above_category(browser, tmp_path):
+    """CIFAR-10's adaptations (Sec. 7): RGB images, 8-D capsules, a leaky routing."""
+    numpy.random.seed(1)  # the initial weights
+    model = CapsNet(reconstruct=True, in_shape=(3, 24, 24), n_primary_type=8, capsule_dim=8,
+                    none_of_the_above=True)  # 8 types of 4 x 4 primary capsules
+    x = numpy.random.RandomState(6).uniform(0, 1, (3, 3, 24, 24)).astype(numpy.float32)
+    t = numpy.array([0, 1, 2], numpy.int32)
+    _, scores, _ = routing.diagnose(model, x, t)
+    explorer.write_explorer(str(tmp_path / 'rgb.html'), model, x, t, scores,
+                            ['c{}'.format(k) for k in range(10)], 'rgb')
+    page = Page(browser, str(tmp_path / 'rgb.html'))
+    page.check_clean()
+    assert page.js("document.querySelectorAll('#sliders input').length") == 8
+    k = page.js('explorer.state()')['image']
+    index = page.js('JSON.parse(document.getElementById("explorer-data").textContent)'
+                    '.images.index')[k]
+    shown = _at_scale(page.canvas('input'), 24, 24)[..., :3]
+    numpy.testing.assert_array_equal(shown, numpy.round(x[index].transpose((1, 2, 0)) * 255))
+    v = numpy.random.RandomState(7).uniform(-0.3, 0.3, (1, 10, 8)).astype(numpy.float32)
+    pixels = numpy.array(page.js('([j, v]) => explorer.decode(j, v)', [2, v[0, 2].tolist()]))
+    numpy.testing.assert_allclose(pixels, _decode(model, v, 2)[0], atol=1e-3)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        _, steps = routing.trace(model, x[index:index + 1])
+    c = numpy.array(page.js('explorer.couplings().c')).reshape((3, 10, 8 * 16))
+    expected = numpy.stack([s[0][0] for s in steps])
+    numpy.testing.assert_allclose(c[0], 1 / 11, atol=1e-9)  # the extra category takes 1/11
+    assert numpy.abs(c - expected).max() < 0.01 * (expected.max() - expected.min())
+    page.close()
+
+
 @pytest.mark.skipif(not os.path.exists(DOCS_PAGE), reason='no docs/figures/explorer.html')
 def test_the_shipped_models_page_in_docs(browser, shipped_model):
     """The page that ships in docs/ (analyze.py on the shipped model), its decoder

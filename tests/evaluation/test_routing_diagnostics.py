@@ -12,7 +12,6 @@ from capsnet_chainer.evaluation import routing_diagnostics as routing  # before 
 import chainer
 from chainer import testing
 
-from capsnet_chainer.evaluation.metrics import digit_capsules
 from capsnet_chainer.functions import routing_iterations
 from capsnet_chainer.model import CapsNet
 
@@ -21,11 +20,11 @@ def _u_hat(seed=0):
     return numpy.random.RandomState(seed).normal(0, 0.3, (3, 4, 7, 5)).astype(numpy.float32)
 
 
-@pytest.mark.parametrize('n_iteration', [1, 3])
-def test_routing_trace_is_procedure_1(n_iteration):
+@pytest.mark.parametrize('n_iteration,leak', [(1, False), (3, False), (3, True)])
+def test_routing_trace_is_procedure_1(n_iteration, leak):
     u_hat = _u_hat()
-    steps = routing.routing_trace(u_hat, n_iteration)
-    expected = list(routing_iterations(u_hat, n_iteration))
+    steps = routing.routing_trace(u_hat, n_iteration, leak)
+    expected = list(routing_iterations(u_hat, n_iteration, none_of_the_above=leak))
     assert len(steps) == n_iteration
     for (c, v, a), (c0, v0) in zip(steps, expected):
         numpy.testing.assert_allclose(c, c0.array, atol=1e-6)
@@ -48,11 +47,15 @@ def test_routing_trace_with_none_of_the_above_drops_an_extra_zero_logit():
     assert (steps[0][0].sum(axis=1) < 1).all()  # the dropped share
 
 
-@pytest.fixture(scope='module', params=[True, False], ids=['shared', 'unshared'])
+@pytest.fixture(scope='module', params=[
+    {}, {'shared_weights': False},
+    {'none_of_the_above': True, 'standardize': True, 'in_shape': (3, 28, 28),
+     'n_primary_type': 8, 'capsule_dim': 8}], ids=['shared', 'unshared', 'adapted'])
 def net(request):
     numpy.random.seed(0)  # the initial weights
-    model = CapsNet(reconstruct=True, shared_weights=request.param)
-    x = numpy.random.RandomState(2).uniform(0, 1, (6, 1, 28, 28)).astype(numpy.float32)
+    model = CapsNet(reconstruct=True, **request.param)
+    C = model.config['in_shape'][0]
+    x = numpy.random.RandomState(2).uniform(0, 1, (6, C, 28, 28)).astype(numpy.float32)
     return model, x
 
 
@@ -60,12 +63,14 @@ def test_trace_ends_at_the_networks_own_capsules(net):
     model, x = net
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         u, steps = routing.trace(model, x)
-    assert u.shape == (6, 1152, 8)
+    T, rows, cols = routing.grid_shape(model)
+    assert u.shape == (6, T * rows * cols, 8)
     assert len(steps) == model.config['n_iteration']
-    numpy.testing.assert_allclose(steps[-1][1], digit_capsules(model, x), atol=1e-5)
-    numpy.testing.assert_allclose(steps[0][0], 0.1, atol=1e-7)  # b = 0: uniform
-    assert not model.digits.local_link_hooks  # the capturing hook is gone
-    assert digit_capsules(model, x).shape == (6, 10, 16)  # and the network runs whole
+    v = model.digit_capsules(x).array  # the network runs whole again: no hook is left
+    assert not model.digits.local_link_hooks
+    numpy.testing.assert_allclose(steps[-1][1], v, atol=1e-5)
+    uniform = 1 / (11 if routing.leaks(model) else 10)
+    numpy.testing.assert_allclose(steps[0][0], uniform, atol=1e-7)  # b = 0
 
 
 def test_grid_shape_and_top_count():
@@ -90,7 +95,11 @@ def _naive(model, x, labels):
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         _, steps = routing.trace(model, x)
     c = numpy.stack([s[0] for s in steps], axis=1).astype(numpy.float64)  # (B, R, J, I)
-    entropy = numpy.array([[numpy.mean([-sum(p * math.log(p) for p in c[b, r, :, i])
+
+    def categories(b, r, i):  # the classes' couplings, and the dropped one's
+        return list(c[b, r, :, i]) + ([1 - c[b, r, :, i].sum()] if routing.leaks(model) else [])
+
+    entropy = numpy.array([[numpy.mean([-sum(p * math.log(p) for p in categories(b, r, i))
                                         for i in range(c.shape[3])])
                             for r in range(c.shape[1])] for b in range(len(x))])
     c_last, v, a = (numpy.asarray(t, numpy.float64) for t in steps[-1])
@@ -111,11 +120,12 @@ def test_diagnose_against_naive_loops(net):
     labels = numpy.array([3, 1, 3, 0, 1, 3], numpy.int32)
     stats, scores, shares = routing.diagnose(model, x, labels, batchsize=4)
     entropy, c, naive_shares, maps, lengths = _naive(model, x, labels)
-    R, n_primary = model.config['n_iteration'], 1152
+    R, n_primary = model.config['n_iteration'], int(numpy.prod(routing.grid_shape(model)))
     numpy.testing.assert_allclose(stats['entropy']['mean_per_iteration'],
                                   entropy.mean(axis=0), rtol=1e-6)
-    assert stats['entropy']['uniform'] == pytest.approx(math.log(10))
-    assert stats['entropy']['mean_per_iteration'][0] == pytest.approx(math.log(10))
+    K = 11 if routing.leaks(model) else 10
+    assert stats['entropy']['uniform'] == pytest.approx(math.log(K))
+    assert stats['entropy']['mean_per_iteration'][0] == pytest.approx(math.log(K))
     largest = c.max(axis=2)  # (B, R, I)
     numpy.testing.assert_allclose(stats['largest_coupling']['mean_per_iteration'],
                                   largest.mean(axis=(0, 2)), rtol=1e-6)
@@ -129,7 +139,7 @@ def test_diagnose_against_naive_loops(net):
     class_maps = stats['class_maps'].reshape((10, -1))
     numpy.testing.assert_allclose(class_maps, maps, atol=1e-6)
     assert stats['class_map_images'] == [1, 2, 0, 3, 0, 0, 0, 0, 0, 0]
-    assert stats['top_share']['top'] == 116
+    assert stats['top_share']['top'] == routing.n_top(n_primary)
     assert stats['top_share']['mean'] == pytest.approx(naive_shares.mean(), rel=1e-4)
 
 
