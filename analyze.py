@@ -260,8 +260,8 @@ def analyze(argv=None):
         print(ensemble.summary(results['ensemble']))
     if capsules:  # routing.png and explorer.html
         results['routing'] = explorer.write_views(
-            model, arrays[0][:n_test], arrays[1][:n_test], args.out, explorer.class_names(
-                meta.get('class_names') or protocol.class_names, model.config['n_class']),
+            model, arrays[0][:n_test], arrays[1][:n_test], args.out,
+            explorer.class_names(names, model.config['n_class']),
             '{} on {}'.format(os.path.basename(args.load), protocol.title), args.batchsize,
             not args.no_explorer, cli.Progress('routing of {} test images'.format(n_test)))
     if dataset == 'affnist':

@@ -23,8 +23,8 @@ import chainer
 from chainer import testing
 
 from capsnet_chainer.evaluation import routing_diagnostics as routing
-from capsnet_chainer.evaluation.metrics import decode
 from capsnet_chainer.evaluation.metrics import digit_capsules
+from capsnet_chainer.inference import batched
 from capsnet_chainer.io.modelfile import load_model
 from capsnet_chainer.model import CapsNet
 from conftest import REPO
@@ -39,8 +39,10 @@ DOCS_PAGE = os.path.join(REPO, 'docs', 'figures', 'explorer.html')
 
 def _decode(model, v, j):
     """The float32 decoder on capsule vectors ``v`` ``(B, J, D)`` masked to ``j``,
-    ``(B, C * H * W)``."""
-    y = decode(model, v, numpy.full(len(v), j, numpy.int32))
+    ``(B, C * H * W)``, channels first as the page has them."""
+    labels = numpy.full(len(v), j, numpy.int32)
+    y = batched(model, model.decode, (numpy.asarray(v, numpy.float32), labels),
+                tuple(model.config['in_shape']))
     return y.reshape((len(v), -1))
 
 
