@@ -53,6 +53,7 @@ from capsnet_chainer.evaluation import figures  # noqa: E402
 from capsnet_chainer.evaluation import metrics  # noqa: E402
 from capsnet_chainer.evaluation import pair_figures  # noqa: E402
 from capsnet_chainer.evaluation import plots  # noqa: E402
+from capsnet_chainer.evaluation import routing_diagnostics  # noqa: E402
 from capsnet_chainer.evaluation import transformed  # noqa: E402
 from capsnet_chainer.fileio import file_sha256  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
@@ -249,11 +250,11 @@ def analyze(argv=None):
                   'data_dir': args.data_dir, 'device': str(device),
                   'scores': model.score_name + 's', 'class_names': list(names)}
     if protocol.pairs:
-        results = analyze_pairs(model, arrays, n_test, test_set, args, evaluation,
-                                capsules)
+        results, traced = analyze_pairs(model, arrays, n_test, test_set, args, evaluation,
+                                        capsules)
     else:
-        results = analyze_digits(model, arrays, n_test, protocol, args, evaluation,
-                                 capsules)
+        results, traced = analyze_digits(model, arrays, n_test, protocol, args, evaluation,
+                                         capsules)
     if args.ensemble:  # --load A B C ...: the class of their mean capsule lengths
         results['ensemble'] = ensemble.evaluate(members, *arrays[:2], n_test, args.batchsize,
                                                 device, cli.Progress)
@@ -263,7 +264,7 @@ def analyze(argv=None):
             model, arrays[0][:n_test], arrays[1][:n_test], args.out,
             explorer.class_names(names, model.config['n_class']),
             '{} on {}'.format(os.path.basename(args.load), protocol.title), args.batchsize,
-            not args.no_explorer, cli.Progress('routing of {} test images'.format(n_test)))
+            not args.no_explorer, traced=traced)
     if dataset == 'affnist':
         results['transformed'] = score_transformed(model, digits, args)
     elif args.affnist_dir or args.n_transformed:
@@ -306,9 +307,8 @@ def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=T
 
     # Score the test set, no augmentation
     tic = time.time()
-    scores = metrics.score(model, x[:n_test], args.batchsize,
-                           progress=cli.Progress('scoring {} test images'.format(n_test)))
     t = t[:n_test]
+    scores, traced = score(model, x[:n_test], t, args, capsules, 'images')
     results = metrics.classification_metrics(t, scores)
     errors = metrics.most_confident_errors(t, scores, args.top_k)
     title = affnist.EXPANDED_TITLE if protocol.canvas else protocol.title
@@ -330,7 +330,18 @@ def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=T
         results['accuracy'], results['error_rate'], n_test, title))
     if protocol.source != 'mnist':
         print('# classes: {}'.format(', '.join('{} {}'.format(*c) for c in enumerate(names))))
-    return results
+    return results, traced
+
+
+def score(model, x, t, args, capsules, what):
+    """``(scores, traced)``: the class scores ``(B, J)`` of the test images, no
+    augmentation, and for a CapsNet its routing traced in the same pass (what
+    ``routing.png`` and ``explorer.html`` show; ``None`` for the CNN)."""
+    progress = cli.Progress('scoring {} test {}'.format(len(x), what))
+    if not capsules:
+        return metrics.score(model, x, args.batchsize, progress=progress), None
+    traced = routing_diagnostics.diagnose(model, x, t, args.batchsize, progress)
+    return traced[1], traced
 
 
 def score_transformed(model, digits, args):
@@ -348,8 +359,7 @@ def analyze_pairs(model, arrays, n_test, test_set, args, evaluation, capsules=Tr
     """MultiMNIST: the pair accuracies and (``capsules``) the paper's Figure 5."""
     x, t2 = arrays[0][:n_test], arrays[1][:n_test]
     tic = time.time()
-    scores = metrics.score(model, x, args.batchsize,
-                           progress=cli.Progress('scoring {} test pairs'.format(n_test)))
+    scores, traced = score(model, x, t2, args, capsules, 'pairs')
     both, one = metrics.pair_accuracy(scores, t2)
     right = pair_hits(scores, t2).all(axis=1)  # (N,)
     k = max(args.top_k, 1)
@@ -371,7 +381,7 @@ def analyze_pairs(model, arrays, n_test, test_set, args, evaluation, capsules=Tr
             'n_test': int(n_test), 'n_correct': int(right.sum()), 'evaluation': evaluation,
             'wrong': [{'index': int(i), 'true': [int(a) for a in t2[i]],
                        'pred': [int(a) for a in top_two(scores[i:i + 1])[0]]}
-                      for i in numpy.flatnonzero(~right)[:k]]}
+                      for i in numpy.flatnonzero(~right)[:k]]}, traced
 
 
 def main(argv=None):

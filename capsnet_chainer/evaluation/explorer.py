@@ -300,7 +300,7 @@ def class_names(names, n_class):
 
 
 def write_views(model, x, labels, out, names, title, batchsize=BATCHSIZE, page=True,
-                progress=None, log=print):
+                progress=None, log=print, traced=None):
     """What ``analyze.py`` writes of the routing: ``routing.png`` and, with ``page``,
     ``explorer.html``, into ``out``; their paths, times and notes go to ``log``.
 
@@ -315,18 +315,24 @@ def write_views(model, x, labels, out, names, title, batchsize=BATCHSIZE, page=T
         page (bool): Write the page.
         progress (callable): ``progress(done, total)`` while the routing is traced.
         log (callable): Takes each line.
+        traced (tuple): What :func:`~capsnet_chainer.evaluation.routing_diagnostics.diagnose`
+            returned for ``x`` and ``labels``, where the caller scored the images with it
+            (``analyze.py`` does: one pass gives the scores and the routing); ``None``:
+            traced here.
 
     Returns:
         dict: The routing statistics for ``metrics.json``
-        (:func:`~capsnet_chainer.evaluation.routing_diagnostics.summary`), with ``explorer``: the
-        page's size, images and notes (``None`` without the page).
+        (:func:`~capsnet_chainer.evaluation.routing_diagnostics.summary`), with ``explorer``:
+        the page's size, images and notes (``None`` without the page).
     """
     tic = time.time()
-    stats, scores, shares = routing.diagnose(model, x, labels, batchsize, progress)
+    if traced is None:
+        traced = routing.diagnose(model, x, labels, batchsize, progress)
+    stats, scores, shares = traced
     path = os.path.join(out, 'routing.png')
     save_figure(routing_figures.plot_routing(stats, shares.reshape(-1), names), path)
     log('wrote {}'.format(path))
-    log('# routing of {} test images: {:.1f} s'.format(len(x), time.time() - tic))
+    log('# routing.png: {:.1f} s'.format(time.time() - tic))
     result = routing.summary(stats)
     result['explorer'] = None
     if page:

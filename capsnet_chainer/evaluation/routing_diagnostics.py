@@ -59,32 +59,38 @@ N_BINS = 20
 TYPES_PER_ROW = 8
 
 
-class _Captured(Exception):
-    pass
-
-
 class _CaptureInput(chainer.LinkHook):
-    """Keeps the input of the link it is added to, and stops the forward pass there."""
+    """Keeps the input of the link it is added to."""
 
     name = 'capture_input'
 
+    def __init__(self):
+        self.input = None
+
     def forward_preprocess(self, args):
-        raise _Captured(args.args[0])
+        self.input = args.args[0]
+
+
+def scores_and_primary_capsules(model, x):
+    """The class scores ``(B, J)`` of images ``x``, exactly as ``model.scores`` gives
+    them, and their primary capsules ``u`` ``(B, I, P)`` (the input of the class
+    capsules' link), from one forward pass."""
+    hook = _CaptureInput()
+    model.digits.add_hook(hook)
+    try:
+        scores = model.scores(x)
+    finally:
+        model.digits.delete_hook(hook.name)
+    if hook.input is None:
+        raise RuntimeError('the network never called its class capsules')
+    return scores, chainer.as_variable(hook.input)
 
 
 def primary_capsules(model, x):
     """The primary capsules ``u`` ``(B, I, P)`` of images ``x``: the input of the class
-    capsules' link, where :meth:`CapsNet.digit_capsules
-    <capsnet_chainer.model.CapsNet.digit_capsules>` is stopped."""
-    hook = _CaptureInput()
-    model.digits.add_hook(hook)
-    try:
-        model.digit_capsules(x)
-    except _Captured as captured:
-        return chainer.as_variable(captured.args[0])
-    finally:
-        model.digits.delete_hook(hook.name)
-    raise RuntimeError('the network never called its class capsules')
+    capsules' link in :meth:`CapsNet.digit_capsules
+    <capsnet_chainer.model.CapsNet.digit_capsules>`."""
+    return scores_and_primary_capsules(model, x)[1]
 
 
 def leaks(model):
@@ -130,15 +136,18 @@ def routing_trace(u_hat, n_iteration, none_of_the_above=False):
     return steps
 
 
-def trace(model, x):
+def trace(model, x, u=None):
     """The routing of images ``x`` on the model's device (call it under
     :func:`~capsnet_chainer.inference.batched`, or in test mode).
+
+    Args:
+        u (~chainer.Variable): Their primary capsules, where the caller has them.
 
     Returns:
         tuple: ``(u, steps)``: the primary capsules ``(B, I, P)`` and
         :func:`routing_trace`'s list.
     """
-    u = primary_capsules(model, x)
+    u = primary_capsules(model, x) if u is None else u
     u_hat = model.digits.predict_vectors(u).array  # (B, J, I, D)
     return u.array, routing_trace(u_hat, model.config['n_iteration'], leaks(model))
 
@@ -181,7 +190,8 @@ def _statistics(model, x, labels):
     """Per-image statistics of a batch, packed into ``(B, K)`` for
     :func:`~capsnet_chainer.inference.batched` (see :func:`_layout`)."""
     xp = chainer.backend.get_array_module(x)
-    _, steps = trace(model, x)
+    scores, u = scores_and_primary_capsules(model, x)  # one pass: the scores are exact
+    _, steps = trace(model, x, u)
     B = len(x)
     # float64: the couplings move little from uniform, less than float32 sums keep
     c = xp.stack([step[0] for step in steps], axis=1).astype(xp.float64)  # (B, R, J, I)
@@ -193,7 +203,7 @@ def _statistics(model, x, labels):
     bins = xp.minimum((largest * N_BINS).astype(xp.int32), N_BINS - 1)  # (B, R, I)
     hist = (bins[..., None] == xp.arange(N_BINS)).sum(axis=2)  # (B, R, N_BINS)
     c_last, v, a = steps[-1]
-    lengths = xp.sqrt((v * v).sum(axis=2) + EPS)  # (B, J)
+    lengths = scores.array  # (B, J), the capsule lengths
     rows = xp.arange(B)[:, None]
     labels = labels.reshape((B, -1))  # (B, L)
     own = c_last[rows, labels]  # (B, L, I): the labels' couplings
