@@ -236,10 +236,10 @@ def main(argv=None):
 
     # Set up a trainer (under MPI, each rank trains on its slice of every global batch
     # and evaluates its part of the test set)
-    train_iter = distributed.train_iterator(data.train, args.batchsize, args.seed, comm)
+    train_iter, converter = distributed.train_pipeline(data, args.batchsize, args.seed, comm,
+                                                       device)
     test_iter = distributed.test_iterator(data.test, args.test_batchsize, comm)
-    updater = ConverterStateUpdater(train_iter, optimizer, converter=data.converter,
-                                    device=device)
+    updater = ConverterStateUpdater(train_iter, optimizer, converter=converter, device=device)
     trainer = training.Trainer(updater, EpochLimit(args.epoch), out=args.out)
 
     # Triggers

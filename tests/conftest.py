@@ -57,6 +57,24 @@ def get_device(name):
     return chainer.get_device(name)
 
 
+def nvcc_compile(source, tmp_path, arch='sm_90'):
+    """Compiles CUDA C ``source`` (a kernel's code as CuPy's ``RawKernel`` takes it)
+    with ``nvcc -arch=ARCH -cubin``, checking it without a GPU; skips the test where
+    there is no ``nvcc``. Returns the cubin's path."""
+    import shutil
+    nvcc = shutil.which('nvcc') or shutil.which('/usr/local/cuda/bin/nvcc')
+    if nvcc is None:
+        pytest.skip('no nvcc to compile the CUDA source with')
+    src, out = str(tmp_path / 'kernel.cu'), str(tmp_path / 'kernel.cubin')
+    with open(src, 'w') as f:
+        f.write(source)
+    proc = subprocess.run([nvcc, '-arch=' + arch, '-cubin', '-Werror', 'all-warnings',
+                           '-o', out, src], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.getsize(out) > 0
+    return out
+
+
 def run_train(args, cwd, timeout=900):
     """Runs ``train.py`` in a subprocess in ``cwd``; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=REPO, MPLBACKEND='Agg')

@@ -31,6 +31,20 @@ def shift_images(x, dy, dx):
     return y
 
 
+def shift_each(x, shifts):
+    """Shifts a batch of images ``(B, C, H, W)`` by :meth:`RandomShift.draw_shifts`'s
+    ``shifts``: one ``(dy, dx)`` for all, or an ``(B, 2)`` array, one row per image."""
+    if isinstance(shifts, tuple):
+        return shift_images(x, *shifts)
+    xp = chainer.backend.get_array_module(x)
+    y = xp.empty_like(x)
+    for dy, dx in numpy.unique(shifts, axis=0):
+        index = numpy.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
+        index = xp.asarray(index)
+        y[index] = shift_images(x[index], int(dy), int(dx))
+    return y
+
+
 class RandomShift(chainer.dataset.Converter):
     """Converter that concatenates a batch and shifts its images at random.
 
@@ -79,27 +93,34 @@ class RandomShift(chainer.dataset.Converter):
         Returns:
             tuple: ``(x, t, ...)``, with ``x`` of shape ``(B, C, H, W)`` shifted.
         """
+        return self.to_device(self.on_host(batch), device)
+
+    def on_host(self, batch):
+        """The host's part of :meth:`__call__`: the batch concatenated and shifted."""
         arrays = chainer.dataset.concat_examples(batch)
         x, rest = arrays[0], arrays[1:]
         if self.max_shift > 0:
-            x = self._shift(x)
-        return tuple(chainer.dataset.to_device(device, a) for a in (x,) + tuple(rest))
+            x = shift_each(x, self.draw_shifts(len(x)))
+        return (x,) + tuple(rest)
 
-    def _shift(self, x):
+    def to_device(self, arrays, device):
+        """The rest of :meth:`__call__`: the arrays of :meth:`on_host` sent to ``device``."""
+        return tuple(chainer.dataset.to_device(device, a) for a in arrays)
+
+    def draw_shifts(self, n):
+        """Draws the shifts of a batch of ``n`` images from :attr:`random_state`.
+
+        Returns:
+            ``(dy, dx)`` (ints) for one shift per batch, else an int array ``(n, 2)``:
+            this part's rows of the shifts drawn for the whole global batch.
+        """
         m = self.max_shift
         if not self.per_image:
             dy, dx = self.random_state.randint(-m, m + 1, size=2)
-            return shift_images(x, int(dy), int(dx))
-        xp = chainer.backend.get_array_module(x)
+            return int(dy), int(dx)
         index, n_part = self.part
-        shifts = self.random_state.randint(-m, m + 1, size=(len(x) * n_part, 2))
-        shifts = shifts[index * len(x):(index + 1) * len(x)]
-        y = xp.empty_like(x)
-        for dy, dx in numpy.unique(shifts, axis=0):
-            index = numpy.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
-            index = xp.asarray(index)
-            y[index] = shift_images(x[index], int(dy), int(dx))
-        return y
+        shifts = self.random_state.randint(-m, m + 1, size=(n * n_part, 2))
+        return shifts[index * n:(index + 1) * n]
 
     def serialize(self, serializer):
         """Saves or restores the full state of the random number generator."""

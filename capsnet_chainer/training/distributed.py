@@ -49,6 +49,9 @@ import numpy
 from chainer import training
 from chainer.training import extensions
 
+from capsnet_chainer.datasets.augment import RandomShift
+from capsnet_chainer.datasets.resident import index_dataset
+from capsnet_chainer.datasets.resident import ResidentShift
 from capsnet_chainer.errors import CapsNetError
 from capsnet_chainer.errors import SettingError
 from capsnet_chainer.training.iterators import ScatteredBatchIterator
@@ -203,6 +206,35 @@ def train_iterator(dataset, batchsize, seed, comm):
     if comm is None:
         return SeededShuffleIterator(dataset, batchsize, seed)
     return ScatteredBatchIterator(dataset, batchsize, seed, comm.rank, comm.size)
+
+
+#: Keep the training set on the GPU and shift it there (:func:`train_pipeline`); the
+#: batches are the same either way (``False``: on the host, as on the CPU).
+RESIDENT_ON_GPU = True
+#: The largest training set (its images' bytes) that :func:`train_pipeline` keeps on a
+#: GPU.
+RESIDENT_MAX_BYTES = 2 ** 31
+
+
+def train_pipeline(data, batchsize, seed, comm, device):
+    """The training iterator and converter of ``data`` (a protocol's
+    :class:`~capsnet_chainer.datasets.protocol_base.Data`) on ``device``.
+
+    They are :func:`train_iterator` and ``data.converter``, except on a GPU in one
+    process with :class:`~capsnet_chainer.datasets.augment.RandomShift`'s batches
+    (MNIST, Fashion-MNIST, images without crops) of a set of at most
+    :data:`RESIDENT_MAX_BYTES`: there the set is kept on the GPU, the iterator batches
+    its indices in the same order and
+    :class:`~capsnet_chainer.datasets.resident.ResidentShift` gathers and shifts them
+    there, the same batches and the same snapshots (:data:`RESIDENT_ON_GPU`).
+    """
+    train = data.train
+    if (RESIDENT_ON_GPU and comm is None and device.xp is not numpy and len(train)
+            and type(data.converter) is RandomShift and not hasattr(train, 'serialize')
+            and numpy.asarray(train[0][0]).nbytes * len(train) <= RESIDENT_MAX_BYTES):
+        return (SeededShuffleIterator(index_dataset(len(train)), batchsize, seed),
+                ResidentShift(data.converter, train, device))
+    return train_iterator(train, batchsize, seed, comm), data.converter
 
 
 def test_iterator(dataset, batchsize, comm):
