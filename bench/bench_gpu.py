@@ -11,11 +11,11 @@ It prints, in float32 on one GPU:
    measured on it: the float32 matrix-product rate (cuBLAS through CuPy, 8192^3) and the
    device-to-device copy bandwidth; from them the floor of an epoch, its floating-point
    operations (``bench_cpu.flop_per_image``) over the product rate;
-2. for each variant (:data:`VARIANTS`), in a fresh process: one epoch as the Trainer
-   runs it (235 updates of batch 256 with reconstruction, shift augmentation, Adam and
-   the non-finite check, then the 10,000 test images through the Evaluator at batch
-   100), after a warm-up; training and inference images/s; the peak memory of CuPy's
-   pool (bytes in use, and held);
+2. for each variant (:data:`VARIANTS`), in a fresh process: ``--epochs`` epochs (their
+   median, min and max) as the Trainer runs them (235 updates of batch 256 with
+   reconstruction, shift augmentation, Adam and the non-finite check, then the 10,000
+   test images through the Evaluator at batch 100), after a warm-up; training and
+   inference images/s; the peak memory of CuPy's pool (bytes in use, and held);
 3. where a training step's time goes: each Chainer function's GPU time (CUDA events,
    with the GPU kept busy beforehand so that no launch gap is counted) and host time
    (the Python that issues it), grouped as convolutions, decoder products, routing and
@@ -295,20 +295,28 @@ def worker(args, variant):
     clock.sync()
     result['warmup_s'] = time.perf_counter() - start
 
-    # One epoch: the updates, then the test set through the Evaluator
-    clock.sync()
-    start = time.perf_counter()
-    for _ in range(n_step):
-        update()
-    clock.sync()
-    result['train_s'] = time.perf_counter() - start
-    start = time.perf_counter()
-    with reporter.scope({}):
-        observation = evaluator.evaluate()
-    clock.sync()
-    result['test_s'] = time.perf_counter() - start
-    accuracy = [v for k, v in observation.items() if k.endswith('main/accuracy')][0]
-    result['test_accuracy'] = to_float(accuracy)
+    # --epochs epochs: the updates, then the test set through the Evaluator
+    epochs = []
+    for _ in range(args.epochs):
+        clock.sync()
+        start = time.perf_counter()
+        for _ in range(n_step):
+            update()
+        clock.sync()
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with reporter.scope({}):
+            observation = evaluator.evaluate()
+        clock.sync()
+        test_s = time.perf_counter() - start
+        accuracy = [v for k, v in observation.items() if k.endswith('main/accuracy')][0]
+        epochs.append({'train_s': train_s, 'test_s': test_s,
+                       'test_accuracy': to_float(accuracy)})
+    result['epochs'] = epochs
+    result['epoch_s'] = spread([e['train_s'] + e['test_s'] for e in epochs])
+    result['train_s'] = statistics.median(e['train_s'] for e in epochs)
+    result['test_s'] = statistics.median(e['test_s'] for e in epochs)
+    result['test_accuracy'] = epochs[-1]['test_accuracy']
 
     # Peak memory of one step and one test batch, and what the pool holds
     batch = data.converter(train_iter.next(), device)
@@ -392,6 +400,13 @@ def worker(args, variant):
     return result
 
 
+def spread(values):
+    """``{'median', 'min', 'max', 'n'}`` of ``values``."""
+    values = list(values)
+    return {'median': statistics.median(values), 'min': min(values), 'max': max(values),
+            'n': len(values)}
+
+
 def primary_conv_parts(clock, gpu, repeat):
     """The primary-capsule convolution of a batch of 256, in parts (ms)."""
     import chainer
@@ -448,12 +463,19 @@ def data_flags(args):
             if value is not None for a in (flag, value)]
 
 
-def run_worker(args, variant):
+def run_worker(args, variant, timeout=None):
+    """Measures ``variant`` in a process of its own (``timeout`` seconds at most): its
+    figures, or ``None`` where it failed or ran out of time (said on the console)."""
     env = dict(os.environ, **settings_of(variant)['env'])
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', variant,
-           '-g', str(args.gpu), '--seed', str(args.seed), '--repeat', str(args.repeat)]
+           '-g', str(args.gpu), '--seed', str(args.seed), '--repeat', str(args.repeat),
+           '--epochs', str(getattr(args, 'epochs', 1))]
     cmd += data_flags(args)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print('variant {} ran out of its {:.0f} s'.format(variant, timeout))
+        return None
     if proc.returncode != 0:
         print('variant {} failed:\n{}'.format(variant, proc.stderr[-4000:]))
         return None
@@ -608,6 +630,8 @@ def main():
     parser.add_argument('--n-test', type=int, default=None)
     parser.add_argument('--seed', type=int, default=789)
     parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument('--epochs', type=int, default=1,
+                        help='epochs per variant (median, min and max of them)')
     parser.add_argument('--variants', default=','.join(VARIANTS),
                         help='comma-separated; join names with + to combine them')
     parser.add_argument('--peer', default=None, help='torch_capsnet.py to time beside')
@@ -642,10 +666,11 @@ def main():
         if r is None:
             continue
         results.append(r)
-        print('\n== variant {}: epoch {:.2f} s (train {:.2f} s + test {:.2f} s), warm-up '
-              '{:.1f} s, test accuracy after it {:.2%}'.format(
-                  variant, r['train_s'] + r['test_s'], r['train_s'], r['test_s'],
-                  r['warmup_s'], r['test_accuracy']))
+        e = r['epoch_s']
+        print('\n== variant {}: epoch {:.2f} s (median of {}, {:.2f} to {:.2f}; train {:.2f} '
+              's + test {:.2f} s), warm-up {:.1f} s, test accuracy after it {:.2%}'.format(
+                  variant, e['median'], e['n'], e['min'], e['max'], r['train_s'],
+                  r['test_s'], r['warmup_s'], r['test_accuracy']))
         print_breakdown(r)
         conv = r['conv']
         print('Primary-capsule convolution, batch 256 ({:.0f} GFLOP forward + backward), '
@@ -664,7 +689,7 @@ def main():
     print('|---|---|---|---|---|')
     for r in results:
         print('| variant {} | {:.2f} | {:.0f} | {:.0f} | {} |'.format(
-            r['variant'], r['train_s'] + r['test_s'], r['n_train'] / r['train_s'],
+            r['variant'], r['epoch_s']['median'], r['n_train'] / r['train_s'],
             r['n_test'] / r['test_s'],
             '{:.0f} ({:.0f})'.format(r['peak_used_mib'], r['pool_held_mib'])
             if 'peak_used_mib' in r else 'n/a'))

@@ -15,6 +15,12 @@
 #   peer        bench/bench_gpu.py's PyTorch peer alone ($PEER), eager and --compile
 #   trainpy     bench/bench_gpu.py's train.py -g 0 -e 2 alone
 #   analyze     analyze.py -g 0 --load models/capsnet_mnist.npz: OUT/analysis.tar.gz
+#   profile     bench/profile_gpu.py within $PROFILE_S seconds: train.py -g 0 itself,
+#               its steps split into phases, a CUPTI count of launches and syncs, the
+#               benchmark's variants over 5 epochs, the peer's real epochs ($PEER:
+#               eager, compile, reduce-overhead, max-autotune), nvidia-smi all along:
+#               OUT/profile.json, OUT/profile_report.md (bench/report.py's tables),
+#               OUT/profile_console.txt
 #   long-start  the used-by training command in the background (train.py -g 0 --save
 #               saved_model --reconstruct, with $LONG_ARGS) in $LONG_DIR
 #   hold        keeps the machine while that run trains (a call that ends hands the
@@ -33,7 +39,9 @@
 #   WHEELS              a folder of wheels that pip installs without an index where
 #                       Chainer is missing (e.g. chainer-7.8.1-py3-none-any.whl)
 #   VARIANTS            bench_gpu.py --variants (default,chainer-conv)
-#   PEER                the peer's torch_capsnet.py, for the peer phase
+#   PEER                the peer's torch_capsnet.py, for the peer and profile phases
+#   PROFILE_S           (480) the profile phase's deadline, from its start
+#   PROFILE_ARGS        more bench/profile_gpu.py flags ('')
 #   LONG_DIR            (/tmp/capsnet_long)   LONG_ARGS  more train.py flags ('')
 #   DEADLINE_S          (540)                 JOBS       pytest-xdist workers (8)
 #   HOLD_S              (570)
@@ -49,7 +57,7 @@ PHASES=("$@")
 [ ${#PHASES[@]} -gt 0 ] || PHASES=(tests bench analyze)
 for phase in "${PHASES[@]}"; do
     case $phase in
-    tests | bench | peer | trainpy | analyze | long-start | hold | long-finish) ;;
+    tests | bench | peer | trainpy | analyze | profile | long-start | hold | long-finish) ;;
     *) echo "unknown phase $phase: see the top of $0"; exit 2 ;;
     esac
 done
@@ -64,9 +72,12 @@ export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 DATA=()
 [ -n "${CAPSNET_MNIST_DIR:-}" ] && DATA=(--data-dir "$CAPSNET_MNIST_DIR")
 SMALL_TEST=() SMALL=()  # the CPU check: a few images, so that every phase ends in minutes
+PROFILE_SMALL=()
 if [ "$GPU" -lt 0 ]; then
     SMALL_TEST=(--n-test 200)
     SMALL=(--n-train 512 "${SMALL_TEST[@]}")
+    PROFILE_SMALL=(--train-epochs 2 --host-epochs 2 --device-steps 1 --bench-epochs 2
+                   --repeat 1 --peer-epochs 2 --variants default)
 fi
 START=$SECONDS
 
@@ -124,6 +135,14 @@ for phase in "${PHASES[@]}"; do
         ;;
     trainpy)
         $PY bench/bench_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" --variants ''
+        ;;
+    profile)
+        # shellcheck disable=SC2086
+        $PY bench/profile_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" "${PROFILE_SMALL[@]}" \
+            ${PEER:+--peer "$PEER"} --deadline-s "${PROFILE_S:-480}" \
+            --json "$OUT/profile.json" ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile_console.txt"
+        $PY bench/report.py "$OUT/profile.json" >"$OUT/profile_report.md" &&
+            cat "$OUT/profile_report.md"
         ;;
     analyze)
         work=$(mktemp -d)

@@ -2,6 +2,7 @@
 that saves every random state in snapshots, refuses a non-finite step, type-checks
 once and counts its own time."""
 
+import functools
 import time
 
 import chainer
@@ -35,11 +36,14 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
         check_finite (bool): Check the loss and gradients (one device sync per step).
         check_types_once (bool): Type-check the first update only (else every update,
             as ``chainer.config.type_check`` says).
+        profile (~capsnet_chainer.training.profile.StepProfile): Runs each step,
+            timing its phases (the same step: bench/profile_gpu.py); ``None``: Chainer's
+            step, as it is.
         Others: As :class:`~chainer.training.updaters.StandardUpdater`.
     """
 
     def __init__(self, iterator, optimizer, check_finite=True, loss_func=None,
-                 check_types_once=True, **kwargs):
+                 check_types_once=True, profile=None, **kwargs):
         if check_finite:
             check = NonFiniteCheck()
             loss_func = check.watch(loss_func or optimizer.target)
@@ -50,14 +54,17 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
         self._types_checked = False  # not in the snapshot: a resumed run checks again
         #: Seconds spent in updates so far (for :class:`EpochTimes`; not in the snapshot)
         self.update_seconds = 0.0
+        self.profile = profile
 
     def update_core(self):
         start = time.perf_counter()
+        step = (super().update_core if self.profile is None
+                else functools.partial(self.profile.step, self))
         if self.check_types_once and self._types_checked:
             with chainer.using_config('type_check', False):
-                super().update_core()
+                step()
         else:
-            super().update_core()
+            step()
             self._types_checked = True
         self.update_seconds += time.perf_counter() - start
 

@@ -1,0 +1,660 @@
+"""Where ``train.py -g 0``'s time goes, beside the benchmark and the peer: one JSON.
+
+Usage::
+
+    python bench/profile_gpu.py -g 0 --data-dir DIR --peer torch_capsnet.py \\
+        --json OUT/profile.json --deadline-s 480
+    python bench/report.py OUT/profile.json          # the tables of bench/README.md
+
+It runs these parts in order, each in a process of its own, each written into the JSON
+as it ends, and none started past ``--deadline-s`` (a part that would run past it is
+stopped there and recorded so):
+
+1. ``host``: the date, the commit, the CPU (model, cores, load average), the versions
+   and the GPU; ``nvidia-smi``'s clocks, power and temperature, read every 2 s all
+   along (``smi``: each part's median SM clock, its highest temperature and power);
+2. ``ceilings``: the float32 matrix-product rate and the copy bandwidth
+   (``bench_gpu.ceilings``), hence the floors of an epoch;
+3. ``train_py``: ``train.py -g G --reconstruct -e E`` itself (``--train-epochs``), its
+   steps split into phases by :class:`~capsnet_chainer.training.profile.StepProfile`:
+   the iterator's batch, the converter's host part, the copy to the device, forward,
+   backward, the non-finite check, Adam, and the extensions between steps (each
+   extension's seconds too): wall, CPU and GPU-span ms per phase in every step, and
+   the GPU-busy ms per phase in ``--device-steps`` steps of the last epoch (which is
+   then not a clean epoch); its log's epochs;
+4. ``cupti``: a short ``train.py`` run whose steps ``--cupti-steps`` are recorded by
+   CUPTI through PyTorch's profiler, in the same process: kernel launches, memory
+   copies and synchronizations per phase and per step, and the kernels' GPU time (where
+   PyTorch or its profiler is missing, the reason);
+5. ``bench``: ``bench_gpu.py``'s ``--variants``, ``--bench-epochs`` epochs each
+   (median, min, max), with its per-step wall, host and GPU ms and function groups;
+6. ``peer``: the PyTorch peer's real epochs (``--data``: MNIST on the GPU, a new order
+   and shift per batch, the test set), ``--peer-epochs`` each, in float32: eager,
+   ``--compile``, ``--compile-mode reduce-overhead``, ``--compile-mode max-autotune``
+   (the last after ``train_py_host``: its autotuning may take minutes);
+7. ``train_py_host``: ``train.py`` again with the training set on the host, as before
+   ``distributed.train_pipeline`` kept it on the GPU (``RESIDENT_ON_GPU = False``).
+
+The parts run in the order of :data:`PARTS` (the most needed first); ``--parts`` picks
+some (a second call on the same machine runs those the first had no time for, and
+``bench/report.py`` reads both files together). ``-g -1`` runs it
+all on the CPU with ``--n-train``/``--n-test`` to check the script (the peer needs
+PyTorch). It is a benchmark, not a test: it measures and asserts nothing.
+"""
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import capsnet_chainer  # noqa: E402,F401  (adapts Chainer before its import)
+from capsnet_chainer.training.profile import PHASES  # noqa: E402
+from capsnet_chainer.training.profile import StepProfile  # noqa: E402
+
+#: The fields ``nvidia-smi --query-gpu`` reads (the first six: issue 29's).
+SMI_FIELDS = ('name', 'clocks.sm', 'clocks.mem', 'clocks.max.sm', 'power.draw',
+              'temperature.gpu', 'utilization.gpu', 'memory.used')
+#: The peer's float32 configurations: name -> flags.
+PEER_MODES = {
+    'eager': [],
+    'compile': ['--compile'],
+    'reduce-overhead': ['--compile-mode', 'reduce-overhead'],
+    'max-autotune': ['--compile-mode', 'max-autotune'],
+}
+#: The parts, most needed first: (name, at most seconds, at least seconds left to
+#: start it).
+PARTS = (
+    ('ceilings', 60, 10),
+    ('train_py', 180, 60),
+    ('cupti', 100, 40),
+    ('bench:0', 150, 60),
+    ('peer:eager', 100, 40),
+    ('peer:compile', 160, 60),
+    ('peer:reduce-overhead', 160, 60),
+    ('train_py_host', 140, 50),
+    ('peer:max-autotune', 400, 90),
+    ('bench:1', 150, 60),
+)
+#: The phase ranges of the CUPTI pass are named so in the trace.
+RANGE = 'capsnet/'
+
+
+# The host and the GPU
+
+
+def host_record(gpu):
+    """The machine: CPU model, cores, load, memory, versions and GPU, date, commit."""
+    from capsnet_chainer.io.provenance import git_commit
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f
+                     if line.startswith('model name')]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds'), 'commit': git_commit(), 'cpu': cpu,
+        'cores': os.cpu_count(), 'load_average': os.getloadavg(),
+        'platform': platform.platform()}
+    try:
+        info['usable_cores'] = len(os.sched_getaffinity(0))
+        with open('/proc/meminfo') as f:
+            info['memory_gib'] = int(f.readline().split()[1]) / 2 ** 20
+    except (AttributeError, OSError, ValueError, IndexError):
+        pass
+    proc = subprocess.run(
+        [sys.executable, '-c', 'import json, bench_gpu; print(json.dumps('
+         'bench_gpu.machine({})))'.format(gpu)],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+        timeout=300)
+    info['machine'] = (json.loads(proc.stdout.strip().splitlines()[-1])
+                       if proc.returncode == 0 else {'error': proc.stderr[-2000:]})
+    return info
+
+
+def read_smi():
+    """One reading of :data:`SMI_FIELDS` per GPU, or ``None`` without nvidia-smi."""
+    try:
+        proc = subprocess.run(['nvidia-smi', '--query-gpu=' + ','.join(SMI_FIELDS),
+                               '--format=csv,noheader,nounits'],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return [dict(zip(SMI_FIELDS, (v.strip() for v in line.split(','))))
+            for line in proc.stdout.strip().splitlines()]
+
+
+class SmiSampler(threading.Thread):
+    """Reads nvidia-smi every ``period`` seconds, labelling each reading with the part
+    running then."""
+
+    def __init__(self, gpu, period=2.0):
+        super().__init__(daemon=True)
+        self.gpu, self.period = gpu, period
+        self.part = 'start'
+        self.samples = []  # (seconds since start, part, reading)
+        self.start_time = time.perf_counter()
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            reading = read_smi()
+            if reading is None:
+                return
+            self.samples.append((time.perf_counter() - self.start_time, self.part,
+                                 reading[max(0, self.gpu)]))
+            self.stopped.wait(self.period)
+
+    def by_part(self):
+        """Per part: median SM and memory clocks, highest temperature and power."""
+        out = {}
+        for _, part, r in self.samples:
+            out.setdefault(part, []).append(r)
+
+        def numbers(rows, key):
+            values = []
+            for row in rows:
+                try:
+                    values.append(float(row[key]))
+                except (KeyError, ValueError):
+                    pass
+            return values
+
+        summary = {}
+        for part, rows in out.items():
+            s = {'readings': len(rows)}
+            for key, how in (('clocks.sm', statistics.median), ('clocks.mem', statistics.median),
+                             ('clocks.max.sm', max), ('temperature.gpu', max),
+                             ('power.draw', max), ('utilization.gpu', statistics.median)):
+                values = numbers(rows, key)
+                if values:
+                    s[key] = how(values)
+            summary[part] = s
+        return summary
+
+
+# train.py, profiled, in a process of its own
+
+
+def train_py_worker(args):
+    """Runs ``train.main`` with a StepProfile in the updater and the Trainer's
+    extensions timed; writes the figures to ``args.worker_json``."""
+    import chainer
+    import chainer.training
+    import train
+    from capsnet_chainer.training import distributed
+    from capsnet_chainer.training.updater import ConverterStateUpdater
+    distributed.RESIDENT_ON_GPU = not args.host_data
+    device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
+    n_train = args.n_train or 60000
+    steps = -(-n_train // args.batchsize)
+    last = (args.epochs - 1) * steps  # iterations before the last epoch
+    first = last + 1 + min(10, steps // 4)
+    device_steps = range(first, min(first + args.device_steps, last + steps + 1))
+    if args.cupti_steps:
+        profile = CuptiProfile(device, args.cupti_steps, args.trace)
+    else:
+        profile = StepProfile(device, device_steps)
+
+    class ProfiledTrainer(chainer.training.Trainer):
+        def run(self, *a, **k):
+            profile.wrap_extensions(self)
+            return super().run(*a, **k)
+
+    chainer.training.Trainer = ProfiledTrainer
+    train.ConverterStateUpdater = functools.partial(ConverterStateUpdater, profile=profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ['-g', str(args.gpu), '--reconstruct', '-e', str(args.epochs),
+                '-o', os.path.join(tmp, 'result'), '--save', os.path.join(tmp, 'model')]
+        argv += data_flags(args)
+        start = time.perf_counter()
+        train.main(argv)
+        wall = time.perf_counter() - start
+        profile.finish()
+        with open(os.path.join(tmp, 'result', 'log')) as f:
+            log = json.load(f)
+    out = {'argv': argv, 'resident': not args.host_data, 'wall_s': wall, 'log': log,
+           'steps_per_epoch': steps, 'device_steps': list(device_steps)
+           if not args.cupti_steps else [],
+           'summary': profile.summary(skip_epochs=1 if args.epochs > 1 else 0),
+           'records': [compact(r) for r in profile.records()]}
+    if args.cupti_steps:
+        out['cupti'] = profile.result
+    with open(args.worker_json, 'w') as f:
+        json.dump(out, f)
+
+
+def compact(record):
+    """A step's record with its numbers rounded (the JSON stays small)."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, tuple):
+            out[k] = [None if x is None else round(x, 4) for x in v]
+        elif isinstance(v, float):
+            out[k] = round(v, 6)
+        else:
+            out[k] = v
+    return out
+
+
+#: Each phase's successor.
+NEXT = dict(zip(PHASES, PHASES[1:]))
+#: CUDA calls that launch a kernel, and those that wait for the GPU (a synchronous copy
+#: to the host waits too).
+LAUNCH = re.compile(r'Launch(Kernel|CooperativeKernel)')
+SYNC = re.compile(r'Synchronize|^cuMemcpyDtoH(_v2)?$|^cudaMemcpy$|^cuMemcpy(_v2)?$')
+
+
+class CuptiProfile(StepProfile):
+    """A StepProfile that, over the steps ``cupti_steps`` (``(first, last)``), runs
+    PyTorch's profiler (CUPTI: every kernel, copy and CUDA call of the process) with a
+    named range per phase, then counts them per phase (:func:`cupti_counts`)."""
+
+    def __init__(self, device, cupti_steps, trace_path):
+        super().__init__(device)
+        self.first, self.last = cupti_steps
+        self.trace_path = trace_path
+        self.result = {'error': 'the profiled steps were not reached'}
+        self._profiler = self._range = None
+
+    def _open(self, name):
+        if self._profiler is not None:
+            import torch
+            self._range = torch.profiler.record_function(RANGE + name)
+            self._range.__enter__()
+
+    def _close(self):
+        if self._range is not None:
+            self._range.__exit__(None, None, None)
+            self._range = None
+
+    def step(self, updater):
+        iteration = updater.iteration + 1
+        if iteration == self.first:
+            try:
+                import torch
+                self._profiler = torch.profiler.profile(activities=[
+                    torch.profiler.ProfilerActivity.CPU,
+                    torch.profiler.ProfilerActivity.CUDA])
+                self._profiler.__enter__()
+            except Exception as e:  # no PyTorch, or no CUPTI: say why
+                self.result = {'error': '{}: {}'.format(type(e).__name__, e)}
+                self._profiler = None
+        self._close()  # the extensions since the last step
+        self._open('batch')
+        super().step(updater)
+        self._close()
+        self._open('extensions')
+        if iteration == self.last and self._profiler is not None:
+            self._close()
+            if self.gpu:
+                self.xp.cuda.Device().synchronize()
+            profiler, self._profiler = self._profiler, None
+            profiler.__exit__(None, None, None)
+            profiler.export_chrome_trace(self.trace_path)
+            with open(self.trace_path) as f:
+                trace = json.load(f)
+            self.result = cupti_counts(trace.get('traceEvents', []),
+                                       self.last - self.first + 1)
+
+    def mark(self, phase):
+        super().mark(phase)
+        if self._range is not None:
+            self._close()
+            if phase in NEXT:
+                self._open(NEXT[phase])
+
+
+def cupti_counts(events, n_steps):
+    """Per phase and per step, from a PyTorch profiler trace (Chrome's format): the
+    CUDA calls made in each phase's range (``capsnet/PHASE``), kernel launches and
+    synchronizations among them, and the kernels, copies and memsets on the GPU that
+    those calls started (by their correlation id) with their GPU ms.
+
+    Args:
+        events (list): The trace's ``traceEvents``.
+        n_steps (int): The steps the trace holds.
+
+    Returns:
+        dict: ``{'phases': {phase: {...}}, 'per_step': {...}, 'events': counts by
+        category}``: every count and ms divided by ``n_steps``.
+    """
+    ranges = []
+    categories = {}
+    for e in events:
+        cat = e.get('cat', '')
+        categories[cat] = categories.get(cat, 0) + 1
+        if cat == 'user_annotation' and str(e.get('name', '')).startswith(RANGE):
+            ranges.append((e['ts'], e['ts'] + e.get('dur', 0), e['name'][len(RANGE):]))
+    ranges.sort()
+
+    def phase_at(ts):
+        for start, stop, name in ranges:
+            if start <= ts <= stop:
+                return name
+        return None
+
+    keys = ('calls', 'launches', 'syncs', 'kernels', 'kernel_ms', 'copies', 'copy_ms',
+            'memsets')
+    phases = {}
+    correlation = {}
+    for e in events:
+        if e.get('cat') not in ('cuda_runtime', 'cuda_driver'):
+            continue
+        phase = phase_at(e.get('ts', -1))
+        if phase is None:
+            continue
+        p = phases.setdefault(phase, dict.fromkeys(keys, 0))
+        name = str(e.get('name', ''))
+        p['calls'] += 1
+        p['launches'] += bool(LAUNCH.search(name))
+        p['syncs'] += bool(SYNC.search(name))
+        c = (e.get('args') or {}).get('correlation')
+        if c is not None:
+            correlation[c] = phase
+    unattributed = dict.fromkeys(keys, 0)
+    for e in events:
+        cat = e.get('cat')
+        kind = {'kernel': 'kernel', 'gpu_memcpy': 'copy', 'gpu_memset': 'memset'}.get(cat)
+        if kind is None:
+            continue
+        phase = correlation.get((e.get('args') or {}).get('correlation'))
+        p = phases.setdefault(phase, dict.fromkeys(keys, 0)) if phase else unattributed
+        count = kind + 's' if kind != 'copy' else 'copies'
+        p[count] += 1
+        if kind != 'memset':
+            p[kind + '_ms'] += e.get('dur', 0) / 1e3
+    per_step = dict.fromkeys(keys, 0)
+    for p in list(phases.values()) + [unattributed]:
+        for k in keys:
+            per_step[k] += p[k]
+    scale = 1.0 / max(1, n_steps)
+    return {'steps': n_steps, 'events': categories,
+            'phases': {k: {m: v * scale for m, v in p.items()} for k, p in phases.items()},
+            'unattributed': {m: v * scale for m, v in unattributed.items()},
+            'per_step': {m: v * scale for m, v in per_step.items()}}
+
+
+# The parts
+
+
+def data_flags(args):
+    return [str(a) for flag, value in (('--data-dir', args.data_dir),
+                                       ('--n-train', args.n_train),
+                                       ('--n-test', args.n_test))
+            if value is not None for a in (flag, value)]
+
+
+def run_json_worker(cmd, timeout, env=None):
+    """Runs ``cmd`` (which writes a JSON file, its last argument's value); returns
+    ``(figures or {'error': ...}, console tail)``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'out.json')
+        try:
+            proc = subprocess.run(cmd + [path], capture_output=True, text=True,
+                                  timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b'')
+            out = out.decode(errors='replace') if isinstance(out, bytes) else out
+            return {'error': 'stopped at its {:.0f} s'.format(timeout)}, out[-3000:]
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        if proc.returncode != 0 or not os.path.exists(path):
+            return {'error': 'exit status {}'.format(proc.returncode)}, tail
+        with open(path) as f:
+            return json.load(f), tail
+
+
+def train_py_cmd(args, epochs, host_data=False, cupti=None, n_train=None, n_test=None):
+    cmd = [sys.executable, os.path.abspath(__file__), '-g', str(args.gpu),
+           '--train-epochs', str(epochs), '--device-steps', str(args.device_steps)]
+    if args.data_dir:
+        cmd += ['--data-dir', args.data_dir]
+    for flag, value in (('--n-train', n_train or args.n_train),
+                        ('--n-test', n_test or args.n_test)):
+        if value:
+            cmd += [flag, str(value)]
+    if host_data:
+        cmd.append('--host-data')
+    if cupti:
+        cmd += ['--cupti-steps', '{}:{}'.format(*cupti)]
+    return cmd + ['--worker-json']
+
+
+def part_train_py(args, timeout, host_data=False):
+    epochs = args.host_epochs if host_data else args.train_epochs
+    figures, tail = run_json_worker(train_py_cmd(args, epochs, host_data), timeout)
+    figures['console_tail'] = tail[-1500:]
+    return figures
+
+
+def part_cupti(args, timeout):
+    """A one-epoch run long enough for a few steps before the recorded ones (CuPy
+    compiles its kernels in the first) and a few after."""
+    first, n = 6, args.cupti_steps
+    n_train = min(args.n_train or 60000, args.batchsize * (first + n + 2))
+    steps = -(-n_train // args.batchsize)
+    if steps < first + n:  # a small --n-train: as many as there are
+        first, n = 1 + steps // 3, max(1, steps - 1 - steps // 3)
+    figures, tail = run_json_worker(
+        train_py_cmd(args, 1, cupti=(first, first + n - 1), n_train=n_train,
+                     n_test=min(args.n_test or 10000, 1000)), timeout)
+    figures.pop('records', None)
+    figures['console_tail'] = tail[-1500:]
+    return figures
+
+
+def part_bench(args, variant, timeout):
+    import bench_gpu
+    ns = argparse.Namespace(gpu=args.gpu, seed=789, repeat=args.repeat,
+                            epochs=args.bench_epochs, data_dir=args.data_dir,
+                            n_train=args.n_train, n_test=args.n_test)
+    r = bench_gpu.run_worker(ns, variant, timeout=timeout)
+    return r if r is not None else {'variant': variant, 'error': 'failed (console above)'}
+
+
+EPOCH_LINE = re.compile(r'epoch (\d+): ([\d.]+) s \(training ([\d.]+) s, test ([\d.]+) s\), '
+                        r'test accuracy ([\d.]+)%')
+
+
+def part_peer(args, mode, timeout):
+    if not args.peer:
+        return {'error': 'no --peer'}
+    if not args.data_dir:
+        return {'error': 'the peer reads --data-dir, which was not given'}
+    cmd = [sys.executable, args.peer, '--device', 'cuda' if args.gpu >= 0 else 'cpu',
+           '--data', args.data_dir, '--epochs', str(args.peer_epochs), '--batch', '256',
+           '--test-batch', '100'] + PEER_MODES[mode]
+    for flag, value in (('--n-train', args.n_train), ('--n-test', args.n_test)):
+        if value:
+            cmd += [flag, str(value)]
+    env = dict(os.environ)
+    if args.gpu >= 0:
+        visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+        env['CUDA_VISIBLE_DEVICES'] = visible.split(',')[args.gpu] if visible else str(
+            args.gpu)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors='replace') if isinstance(e.stdout, bytes) else (
+            e.stdout or '')
+        result = peer_figures(out)
+        result['error'] = 'stopped at its {:.0f} s'.format(timeout)
+        return result
+    result = peer_figures(proc.stdout)
+    result['wall_s'] = time.perf_counter() - start
+    if proc.returncode != 0:
+        result['error'] = (proc.stderr.strip().splitlines() or ['failed'])[-1]
+    result['command'] = ' '.join(os.path.basename(c) if c == args.peer else c for c in cmd)
+    return result
+
+
+def peer_figures(stdout):
+    """The peer's epochs from its console, and those after the first in spread."""
+    epochs = []
+    out = {'output': stdout.strip().splitlines()[-12:]}
+    for line in stdout.splitlines():
+        m = EPOCH_LINE.search(line)
+        if m:
+            epochs.append({'epoch': int(m.group(1)), 'epoch_s': float(m.group(2)),
+                           'train_s': float(m.group(3)), 'test_s': float(m.group(4)),
+                           'test_accuracy': float(m.group(5)) / 100})
+        m = re.search(r'peak GPU memory: ([\d.]+) MiB', line)
+        if m:
+            out['peak_mib'] = float(m.group(1))
+    out['epochs'] = epochs
+    later = [e['epoch_s'] for e in epochs[1:]]
+    if later:
+        out['epoch_s'] = {'median': statistics.median(later), 'min': min(later),
+                          'max': max(later), 'n': len(later)}
+    return out
+
+
+def part_ceilings(args, timeout):
+    cmd = [sys.executable, '-c', 'import json, sys, bench_gpu; json.dump(bench_gpu.'
+           'ceilings({}), open(sys.argv[1], "w"))'.format(args.gpu)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.abspath(__file__)), REPO]))
+    figures, tail = run_json_worker(cmd, timeout, env=env)
+    if 'gemm_tflops' in figures:
+        from bench_cpu import flop_per_image
+        flop = flop_per_image()
+        epoch = (flop['train'] * (args.n_train or 60000)
+                 + flop['forward'] * (args.n_test or 10000))
+        figures['epoch_tflop'] = epoch / 1e12
+        figures['floor_float32_s'] = epoch / (figures['gemm_tflops'] * 1e12)
+    else:
+        figures['console_tail'] = tail
+    return figures
+
+
+def run_parts(args, report, write):
+    """Runs :data:`PARTS` until the deadline, writing ``report`` after each."""
+    sampler = SmiSampler(args.gpu)
+    sampler.start()
+    start = time.perf_counter()
+    variants = [v for v in args.variants.split(',') if v]
+    report['parts'] = {}
+    for name, cap, least in PARTS:
+        kind, _, which = name.partition(':')
+        if kind == 'bench' and int(which) >= len(variants):
+            continue
+        if kind == 'peer' and which not in args.peer_modes.split(','):
+            continue
+        label = name if kind != 'bench' else 'bench:' + variants[int(which)]
+        if args.parts and label not in args.parts.split(','):
+            continue
+        left = args.deadline_s - (time.perf_counter() - start)
+        if left < least:
+            report['parts'][label] = {'error': 'skipped: {:.0f} s left of --deadline-s'
+                                      .format(left)}
+            print('== {}: skipped ({:.0f} s left)'.format(label, left), flush=True)
+            continue
+        timeout = min(cap, left)
+        print('== [{:.0f} s] {} (at most {:.0f} s)'.format(
+            time.perf_counter() - start, label, timeout), flush=True)
+        sampler.part = label
+        part_start = time.perf_counter()
+        load = os.getloadavg()
+        if kind == 'ceilings':
+            figures = part_ceilings(args, timeout)
+        elif kind == 'train_py':
+            figures = part_train_py(args, timeout)
+        elif kind == 'train_py_host':
+            figures = part_train_py(args, timeout, host_data=True)
+        elif kind == 'cupti':
+            figures = part_cupti(args, timeout)
+        elif kind == 'bench':
+            figures = part_bench(args, variants[int(which)], timeout)
+        else:
+            figures = part_peer(args, which, timeout)
+        figures['part_s'] = time.perf_counter() - part_start
+        figures['load_average_before'] = load
+        figures['load_average_after'] = os.getloadavg()
+        report['parts'][label] = figures
+        sampler.part = 'between'
+        report['smi'] = sampler.by_part()
+        report['elapsed_s'] = time.perf_counter() - start
+        write(report)
+        error = figures.get('error')
+        print('   {:.0f} s{}'.format(figures['part_s'], ', ' + error if error else ''),
+              flush=True)
+    sampler.stopped.set()
+    report['smi'] = sampler.by_part()
+    report['smi_end'] = read_smi()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--gpu', '-g', type=int, default=0)
+    parser.add_argument('--data-dir', default=None)
+    parser.add_argument('--n-train', type=int, default=None)
+    parser.add_argument('--n-test', type=int, default=None)
+    parser.add_argument('--batchsize', type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument('--train-epochs', type=int, default=5)
+    parser.add_argument('--host-epochs', type=int, default=3)
+    parser.add_argument('--device-steps', type=int, default=20)
+    parser.add_argument('--cupti-steps', default=10,
+                        help='steps recorded by CUPTI (a worker takes FIRST:LAST)')
+    parser.add_argument('--bench-epochs', type=int, default=5)
+    parser.add_argument('--variants', default='default,no-finite-check+no-type-check')
+    parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--peer', default=None, help='torch_capsnet.py')
+    parser.add_argument('--peer-epochs', type=int, default=6)
+    parser.add_argument('--peer-modes', default=','.join(PEER_MODES))
+    parser.add_argument('--deadline-s', type=float, default=480)
+    parser.add_argument('--parts', default=None,
+                        help='only these parts, comma-separated (ceilings, train_py, '
+                             'cupti, bench:VARIANT, peer:MODE, train_py_host)')
+    parser.add_argument('--json', default=None, help='write the figures here')
+    parser.add_argument('--host-data', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--worker-json', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_json:
+        args.epochs = args.train_epochs
+        if isinstance(args.cupti_steps, str) and ':' in args.cupti_steps:
+            args.cupti_steps = tuple(int(v) for v in args.cupti_steps.split(':'))
+            args.trace = args.worker_json + '.trace.json'
+        else:
+            args.cupti_steps = None
+        train_py_worker(args)
+        return
+    args.cupti_steps = int(args.cupti_steps)
+    if args.peer:
+        args.peer = os.path.abspath(args.peer)
+    if args.data_dir:
+        args.data_dir = os.path.abspath(args.data_dir)
+
+    def write(report):
+        if args.json:
+            from capsnet_chainer.fileio import write_atomic
+            write_atomic(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
+
+    report = {'what': 'bench/profile_gpu.py', 'argv': sys.argv[1:],
+              'host': host_record(args.gpu), 'smi_start': read_smi()}
+    print('Host: ' + json.dumps(report['host']), flush=True)
+    write(report)
+    run_parts(args, report, write)
+    write(report)
+    print('== done in {:.0f} s{}'.format(report.get('elapsed_s', 0),
+                                         ': ' + args.json if args.json else ''))
+
+
+if __name__ == '__main__':
+    main()
