@@ -54,9 +54,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 #: check: one sync per step), ``type_check`` (Chainer's checks of every function's
 #: input types, on the host: ``'once'``, in the first update only, as ``train.py``
 #: does; ``'always'``; ``False``: never), ``env`` (environment variables:
-#: ``CUPY_TF32=1`` lets cuBLAS round float32 products to TF32).
+#: ``CUPY_TF32=1`` lets cuBLAS round float32 products to TF32), ``conv_cuda`` (our
+#: convolution's im2col and col2im as one CUDA kernel each, the default; ``False``:
+#: CuPy's strided copy and slice additions).
 VARIANTS = {
     'default': {},
+    'im2col-copy': {'conv_cuda': False},
     'chainer-conv': {'fast_on_gpu': False},
     'no-finite-check': {'check_finite': False},
     'type-check-always': {'type_check': 'always'},
@@ -243,6 +246,7 @@ def worker(args, variant):
     import numpy
     from capsnet_chainer import CapsNet
     from capsnet_chainer import links
+    from capsnet_chainer.kernels import conv_cuda
     from capsnet_chainer.training import distributed
     from capsnet_chainer.training.nonfinite import first_non_finite
     from capsnet_chainer.training.nonfinite import to_float
@@ -251,6 +255,7 @@ def worker(args, variant):
 
     settings = settings_of(variant)
     links.Convolution2D.fast_on_gpu = settings.get('fast_on_gpu', True)
+    conv_cuda.ENABLED = settings.get('conv_cuda', True)
     type_check = settings.get('type_check', 'once')
     chainer.config.type_check = bool(type_check)
     gpu = args.gpu >= 0

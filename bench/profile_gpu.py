@@ -87,6 +87,7 @@ PARTS = (
     ('train_py_host', 140, 50),
     ('peer:max-autotune', 400, 90),
     ('bench:1', 150, 60),
+    ('bench:2', 150, 60),
 )
 #: The phase ranges of the CUPTI pass are named so in the trace.
 RANGE = 'capsnet/'
@@ -613,7 +614,8 @@ def main():
     parser.add_argument('--cupti-steps', default=10,
                         help='steps recorded by CUPTI (a worker takes FIRST:LAST)')
     parser.add_argument('--bench-epochs', type=int, default=5)
-    parser.add_argument('--variants', default='default,no-finite-check+no-type-check')
+    parser.add_argument('--variants',
+                        default='default,im2col-copy,no-finite-check+no-type-check')
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--peer', default=None, help='torch_capsnet.py')
     parser.add_argument('--peer-epochs', type=int, default=6)

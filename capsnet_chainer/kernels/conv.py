@@ -20,6 +20,7 @@ from chainer import function_node
 from chainer.utils import type_check
 import numpy
 
+from capsnet_chainer.kernels import conv_cuda
 from capsnet_chainer.kernels.base import NoDoubleBackprop
 
 #: Bytes of scratch memory the convolution may use at once for an im2col block.
@@ -47,8 +48,11 @@ def _im2col(x, rows, ksize, stride, out_size, out):
     ``rows = (ky0, ky1)`` into ``out`` ``(B * oh * ow, (ky1 - ky0) * kw * C)``.
 
     One copy from a strided view; rows of ``out`` are output pixels, its columns
-    ``(ky, kx, c)``, so each patch row is a contiguous run of ``kw * C`` values.
+    ``(ky, kx, c)``, so each patch row is a contiguous run of ``kw * C`` values. On a
+    GPU, one kernel (:func:`~capsnet_chainer.kernels.conv_cuda.im2col`).
     """
+    if conv_cuda.supports(x, out):
+        return conv_cuda.im2col(x, rows, ksize, stride, out_size, out)
     xp = backend.get_array_module(x)
     B, _, _, C = x.shape
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
@@ -60,7 +64,10 @@ def _im2col(x, rows, ksize, stride, out_size, out):
 
 
 def _col2im_add(gcol, gx, rows, ksize, stride, out_size):
-    """Adds patch gradients ``gcol`` (the layout of :func:`_im2col`) onto ``gx``."""
+    """Adds patch gradients ``gcol`` (the layout of :func:`_im2col`) onto ``gx``; on a
+    GPU in one kernel (:func:`~capsnet_chainer.kernels.conv_cuda.col2im_add`)."""
+    if conv_cuda.supports(gcol, gx):
+        return conv_cuda.col2im_add(gcol, gx, rows, ksize, stride, out_size)
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
     B, _, _, C = gx.shape
     gcol = gcol.reshape((B, oh, ow, ky1 - ky0, kw, C))
