@@ -28,9 +28,12 @@ from capsnet_chainer.baseline_cnn import BaselineCNN  # noqa: E402
 from capsnet_chainer import cli  # noqa: E402
 from capsnet_chainer.cli import non_negative_int  # noqa: E402
 from capsnet_chainer.cli import positive_int  # noqa: E402
+from capsnet_chainer.cli import split_heldout  # noqa: E402
 from capsnet_chainer.datasets import protocols  # noqa: E402
 from capsnet_chainer.device import describe_device  # noqa: E402
 from capsnet_chainer.device import get_device  # noqa: E402
+from capsnet_chainer.device import PRECISIONS  # noqa: E402
+from capsnet_chainer.device import set_precision  # noqa: E402
 from capsnet_chainer.fileio import BackgroundWriter  # noqa: E402
 from capsnet_chainer.io.provenance import provenance  # noqa: E402
 from capsnet_chainer.model import CapsNet  # noqa: E402
@@ -63,7 +66,7 @@ BOOKKEEPING_FLAGS = ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')
 RESUMABLE_CHANGES = ('epoch', 'gpu', 'device', 'out', 'save', 'data_dir',
                      'communicator') + BOOKKEEPING_FLAGS
 #: Flags that snapshots written before them lack: a run resumes those while not given.
-NEWER_FLAGS = ('none_of_the_above', 'image_size', 'test_fraction')
+NEWER_FLAGS = ('none_of_the_above', 'image_size', 'test_fraction', 'precision')
 #: What to do about a long run on the CPU, said with the estimate of its time.
 FASTER = ('To go faster: train on a GPU (-g 0), on fewer images (--n-train N) or for '
           'fewer epochs (-e N)')
@@ -122,6 +125,9 @@ def parse_args(argv=None):
                              '(the other seed: --decay 0.96 --decay-every 2000)')
     parser.add_argument('--test-batchsize', type=positive_int, default=100)
     parser.add_argument('--recon-weight', type=cli.non_negative_float, default=0.0005)
+    parser.add_argument('--precision', choices=PRECISIONS, default=None,
+                        help='of the matrix products: float32 (the reference; the default), '
+                             'or tf32 on a GPU\'s tensor cores (the model file records it)')
 
     variants = parser.add_argument_group('paper variants (the reference by default)')
     variants.add_argument('--leaky-slope', type=cli.non_negative_float, default=0.05,
@@ -196,6 +202,7 @@ def main(argv=None):
     writer = distributed.is_writer(comm)
     print(json.dumps(vars(args), indent=2))
     device = get_device(*distributed.rank_device(args.gpu, args.device, comm))
+    set_precision(args.precision, device)  # tf32: refused on the CPU
     print('Device: {}'.format(describe_device(device)))
     print('# Minibatch-size: {}'.format(args.batchsize))
     if comm is not None:
@@ -370,28 +377,6 @@ def run_meta(args, data, device, comm, key, rule):
     if comm is not None:
         meta['processes'] = comm.size
     return meta
-
-
-def split_heldout(train, args):
-    """``(train, heldout)``: the last ``--validation`` images held out (``None``: none).
-    Refuses a split that leaves fewer training images than one batch (an epoch would be a
-    fraction of an iteration, and the log would count epochs never asked for)."""
-    n_train = len(train) - args.validation
-    subset = ' (--n-train {})'.format(args.n_train) if args.n_train else ''
-    if n_train <= 0:
-        raise cli.CLIError('--validation {} holds out all {} training images{}; choose a '
-                           'smaller --validation'.format(args.validation, len(train), subset),
-                           cli.EXIT_USAGE)
-    if args.batchsize > n_train:
-        kept = (' after --validation {} holds out {}'.format(args.validation, args.validation)
-                if args.validation else '')
-        raise cli.CLIError(
-            '--batchsize {} exceeds the {} training images{}{}: one batch would take '
-            'every image more than once. Choose --batchsize {} or less'.format(
-                args.batchsize, n_train, subset, kept, n_train), cli.EXIT_USAGE)
-    if not args.validation:
-        return train, None
-    return chainer.datasets.split_dataset(train, n_train)
 
 
 if __name__ == '__main__':

@@ -223,7 +223,7 @@ def train_py_worker(args):
     with tempfile.TemporaryDirectory() as tmp:
         argv = ['-g', str(args.gpu), '--reconstruct', '-e', str(args.epochs),
                 '-o', os.path.join(tmp, 'result'), '--save', os.path.join(tmp, 'model')]
-        argv += data_flags(args)
+        argv += data_flags(args) + (['--precision', args.precision] if args.precision else [])
         start = time.perf_counter()
         train.main(argv)
         wall = time.perf_counter() - start
@@ -432,6 +432,8 @@ def train_py_cmd(args, epochs, host_data=False, cupti=None, n_train=None, n_test
             cmd += [flag, str(value)]
     if host_data:
         cmd.append('--host-data')
+    if args.precision:
+        cmd += ['--precision', args.precision]
     if cupti:
         cmd += ['--cupti-steps', '{}:{}'.format(*cupti)]
     return cmd + ['--worker-json']
@@ -625,6 +627,8 @@ def main():
                         help='only these parts, comma-separated (ceilings, train_py, '
                              'cupti, bench:VARIANT, peer:MODE, train_py_host)')
     parser.add_argument('--json', default=None, help='write the figures here')
+    parser.add_argument('--precision', default=None,
+                        help='train.py --precision (float32, tf32) for its parts')
     parser.add_argument('--host-data', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--worker-json', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""What ``train.py`` and ``analyze.py`` share: flag types, and one-line errors.
+"""What ``train.py`` and ``analyze.py`` share: flag types, one-line errors, and the
+checks of ``train.py``'s own flags that the library has no use for.
 
 Every error a user can cause (a wrong flag, a missing or corrupt file, a GPU that is not
 there, a training run that diverged: a :class:`~capsnet_chainer.errors.CapsNetError`)
@@ -14,6 +15,8 @@ import argparse
 import os
 import sys
 import traceback
+
+import chainer
 
 from capsnet_chainer.errors import CapsNetError
 from capsnet_chainer.errors import SettingError
@@ -255,3 +258,25 @@ def run(main, argv=None):
         print('error: {}'.format(message), file=sys.stderr, flush=True)
         return exit_code(e)
     return 0
+
+
+def split_heldout(train, args):
+    """``(train, heldout)``: the last ``--validation`` images held out (``None``: none).
+    Refuses a split that leaves fewer training images than one batch (an epoch would be a
+    fraction of an iteration, and the log would count epochs never asked for)."""
+    n_train = len(train) - args.validation
+    subset = ' (--n-train {})'.format(args.n_train) if args.n_train else ''
+    if n_train <= 0:
+        raise CLIError('--validation {} holds out all {} training images{}; choose a '
+                       'smaller --validation'.format(args.validation, len(train), subset),
+                       EXIT_USAGE)
+    if args.batchsize > n_train:
+        kept = (' after --validation {} holds out {}'.format(args.validation, args.validation)
+                if args.validation else '')
+        raise CLIError(
+            '--batchsize {} exceeds the {} training images{}{}: one batch would take '
+            'every image more than once. Choose --batchsize {} or less'.format(
+                args.batchsize, n_train, subset, kept, n_train), EXIT_USAGE)
+    if not args.validation:
+        return train, None
+    return chainer.datasets.split_dataset(train, n_train)

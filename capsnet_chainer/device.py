@@ -1,14 +1,24 @@
-"""The device to run on: choosing it from ``-g``/``--device``, and one line that says
-what it is and which convolution runs there."""
+"""The device to run on: choosing it from ``-g``/``--device``, one line that says what
+it is and which convolution runs there, and the precision of its matrix products."""
+
+import os
 
 import chainer
+import numpy
 
 from capsnet_chainer.errors import CapsNetError
+from capsnet_chainer.errors import SettingError
 from capsnet_chainer.links import Convolution2D
 
 CUPY_HELP = ('install the CuPy wheel that matches your CUDA: pip install cupy-cuda13x '
              '(CUDA 13) or pip install cupy-cuda12x (CUDA 12); or pass -g -1 to use the '
              'CPU')
+
+
+#: The precisions of ``--precision``: float32 throughout (the reference; the default),
+#: or float32 arrays whose matrix products run on a GPU's tensor cores in TF32 (inputs
+#: rounded to 10 bits of mantissa, float32 sums).
+PRECISIONS = ('float32', 'tf32')
 
 
 class DeviceError(CapsNetError):
@@ -100,3 +110,29 @@ def describe_device(device):
     if not cuda.cudnn_enabled:
         conv = 'no cuDNN in this CuPy: ' + conv
     return '{} ({}, CuPy {}; {})'.format(device, name, cupy.__version__, conv)
+
+
+def set_precision(precision, device):
+    """Sets the precision of ``device``'s float32 matrix products (``--precision``).
+
+    ``tf32`` sets CuPy's ``CUPY_TF32`` (read at the first float32 product) and, where
+    CuPy has it, its compute type for float32 at once: every float32 product through
+    cuBLAS (``matmul``, ``dot``, ``tensordot``: the convolutions', the decoder's, the
+    predictions') then runs in TF32. ``float32`` (or ``None``) changes nothing.
+
+    Raises:
+        SettingError: ``tf32`` on the CPU, whose products are float32 only.
+    """
+    if precision in (None, 'float32'):
+        return
+    if precision not in PRECISIONS:
+        raise SettingError('precision', 'choose one of {}'.format(', '.join(PRECISIONS)),
+                           precision)
+    if device.xp is numpy:
+        raise SettingError('precision', 'needs a GPU (-g N): the CPU\'s matrix products '
+                           'are float32 only', precision)
+    os.environ['CUPY_TF32'] = '1'
+    from chainer.backends import cuda
+    linalg = getattr(getattr(cuda.cupy, '_core', None), '_routines_linalg', None)
+    if hasattr(linalg, 'set_compute_type') and hasattr(linalg, 'COMPUTE_TYPE_TF32'):
+        linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_TF32)

@@ -197,4 +197,21 @@ def test_run_passes_the_arguments():
     assert seen == [['-e', '3']]
 
 
+# train.py's held-out split
+
+
+def test_split_heldout_keeps_the_last_images_apart():
+    import chainer
+    data = chainer.datasets.TupleDataset(list(range(10)), list(range(10)))
+    args = argparse.Namespace(validation=3, batchsize=4, n_train=None)
+    train, heldout = cli.split_heldout(data, args)
+    assert [x for x, _ in train] == list(range(7))
+    assert [x for x, _ in heldout] == [7, 8, 9]
+    assert cli.split_heldout(data, argparse.Namespace(validation=0, batchsize=4,
+                                                      n_train=None)) == (data, None)
+    with pytest.raises(cli.CLIError, match='--batchsize 8 exceeds the 7 training') as e:
+        cli.split_heldout(data, argparse.Namespace(validation=3, batchsize=8, n_train=None))
+    assert e.value.exit_code == cli.EXIT_USAGE
+
+
 testing.run_module(__name__, __file__)

@@ -7,6 +7,7 @@ from chainer import testing
 
 from capsnet_chainer import device
 from capsnet_chainer.errors import CapsNetError
+from capsnet_chainer.errors import SettingError
 
 
 def test_no_such_gpu(monkeypatch):
@@ -132,6 +133,78 @@ def test_gpu_ids_and_specifiers_are_checked(monkeypatch):
         device.get_device(0)
     assert str(e.value) == ('-g 0: CuPy cannot reach a GPU (RuntimeError: no driver); check '
                             'the NVIDIA driver with nvidia-smi, or pass -g -1 to use the CPU')
+
+
+# --precision
+
+
+def test_float32_changes_nothing(monkeypatch):
+    import os
+    monkeypatch.delenv('CUPY_TF32', raising=False)
+    for precision in (None, 'float32'):
+        device.set_precision(precision, device.get_device(-1))
+    assert 'CUPY_TF32' not in os.environ
+
+
+def test_tf32_is_refused_on_the_cpu():
+    with pytest.raises(SettingError) as e:
+        device.set_precision('tf32', device.get_device(-1))
+    assert (e.value.setting, e.value.value) == ('precision', 'tf32')
+    assert e.value.message == "needs a GPU (-g N): the CPU's matrix products are float32 only"
+    with pytest.raises(SettingError, match='choose one of float32, tf32'):
+        device.set_precision('bf16', device.get_device(-1))
+
+
+def test_tf32_sets_cupys_variable_and_compute_type(monkeypatch):
+    """On a stand-in GPU: CUPY_TF32, and CuPy's compute type for float32 where it has
+    one."""
+    from chainer.backends import cuda
+    calls = []
+
+    class Linalg(object):
+        COMPUTE_TYPE_TF32 = 7
+
+        @staticmethod
+        def set_compute_type(dtype, compute_type):
+            calls.append((numpy.dtype(dtype), compute_type))
+
+    class FakeCupy(object):
+        class _core(object):
+            _routines_linalg = Linalg
+
+    monkeypatch.setattr(cuda, 'cupy', FakeCupy, raising=False)
+    monkeypatch.setenv('CUPY_TF32', '0')
+    gpu = type('GPU', (), {'xp': FakeCupy})()
+    device.set_precision('tf32', gpu)
+    import os
+    assert os.environ['CUPY_TF32'] == '1'
+    assert calls == [(numpy.dtype(numpy.float32), 7)]
+
+
+@pytest.mark.gpu
+def test_tf32_rounds_the_products_on_a_gpu(monkeypatch):
+    """A float32 product of random matrices: about 1e-7 from float64 in float32, about
+    1e-4 in TF32 (10 bits of mantissa)."""
+    from conftest import get_device
+    gpu = get_device('@cupy:0')
+    import cupy
+    from cupy._core import _routines_linalg as linalg
+    rs = numpy.random.RandomState(0)
+    a, b = rs.rand(512, 512), rs.rand(512, 512)
+    want = a @ b
+
+    def error():
+        got = cupy.asnumpy(cupy.asarray(a, numpy.float32) @ cupy.asarray(b, numpy.float32))
+        return numpy.abs(got - want).max() / numpy.abs(want).max()
+    monkeypatch.setenv('CUPY_TF32', '0')
+    linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_DEFAULT)
+    float32 = error()
+    device.set_precision('tf32', gpu)
+    try:
+        tf32 = error()
+    finally:
+        linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_DEFAULT)
+    assert float32 < 1e-5 < tf32 < 1e-2
 
 
 testing.run_module(__name__, __file__)

@@ -126,6 +126,14 @@ def test_bad_flags_exit_with_a_clear_message(tmp_path, flags, message):
     assert message in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_tf32_on_the_cpu_is_refused_before_anything_is_written(tmp_path):
+    proc = run_train(['--precision', 'tf32'], tmp_path, timeout=120)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert ("error: --precision tf32: needs a GPU (-g N): the CPU's matrix products are "
+            "float32 only") in proc.stderr
+    assert not (tmp_path / 'result').exists()
+
+
 def test_out_that_is_a_file_is_refused(tmp_path):
     (tmp_path / 'result').write_text('not a folder')
     proc = run_train(['-o', 'result'], tmp_path, timeout=120)
@@ -309,6 +317,14 @@ def test_parse_args_only_parses_and_check_args_sets_the_protocols_shift(train, t
         train.check_args(train.parse_args(['-o', str(tmp_path / 'file')]))
     with pytest.raises(cli.CLIError, match='is a folder; give a file name'):
         train.check_args(train.parse_args(out + ['--save', str(tmp_path)]))
+
+
+def test_precision_is_recorded_and_must_match_on_resume_where_given(train):
+    assert train.parse_args([]).precision is None  # float32: older snapshots resume
+    args = train.parse_args(['--precision', 'tf32'])
+    assert train.run_settings(args)['precision'] == 'tf32'
+    assert 'precision' not in train.BOOKKEEPING_FLAGS  # so in the model's train_args
+    assert 'precision' not in train.RESUMABLE_CHANGES
 
 
 def test_resumable_changes_are_the_where_how_long_and_bookkeeping_flags(train):
