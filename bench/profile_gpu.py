@@ -32,8 +32,9 @@ stopped there and recorded so):
    and shift per batch, the test set), ``--peer-epochs`` each, in float32: eager,
    ``--compile``, ``--compile-mode reduce-overhead``, ``--compile-mode max-autotune``
    (the last after ``train_py_host``: its autotuning may take minutes);
-7. ``train_py_host``: ``train.py`` again with the training set on the host, as before
-   ``distributed.train_pipeline`` kept it on the GPU (``RESIDENT_ON_GPU = False``).
+7. ``train_py_host``: ``train.py`` again on the default path: the training set on the
+   host and CuPy's im2col copy (``RESIDENT_ON_GPU`` and ``conv_cuda.ENABLED`` off), which
+   ``train_py`` switches on.
 
 The parts run in the order of :data:`PARTS` (the most needed first); ``--parts`` picks
 some (a second call on the same machine runs those the first had no time for, and
@@ -201,7 +202,9 @@ def train_py_worker(args):
     import train
     from capsnet_chainer.training import distributed
     from capsnet_chainer.training.updater import ConverterStateUpdater
-    distributed.RESIDENT_ON_GPU = not args.host_data
+    from capsnet_chainer.kernels import conv_cuda
+    # The new GPU paths (off by default until measured), or the old path with --host-data
+    distributed.RESIDENT_ON_GPU = conv_cuda.ENABLED = not args.host_data
     device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
     n_train = args.n_train or 60000
     steps = -(-n_train // args.batchsize)

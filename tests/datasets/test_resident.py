@@ -181,7 +181,8 @@ class StatefulSet(list):
         pass
 
 
-def test_train_pipeline_keeps_the_set_on_a_gpu_only():
+def test_train_pipeline_keeps_the_set_on_a_gpu_only(monkeypatch):
+    monkeypatch.setattr(distributed, 'RESIDENT_ON_GPU', True)
     dataset = image_set()
     data = SimpleNamespace(train=dataset, converter=RandomShift(2, seed=1))
     iterator, converter = distributed.train_pipeline(data, 8, 1, None, NUMPY)
@@ -207,6 +208,8 @@ def test_train_pipeline_keeps_the_set_on_a_gpu_only():
 def test_train_pipeline_can_be_switched_off_and_bounded(monkeypatch):
     data = SimpleNamespace(train=image_set(), converter=RandomShift(2, seed=1))
     gpu = SimpleNamespace(xp=SimpleNamespace(), send=lambda a: a)
+    assert distributed.train_pipeline(data, 8, 1, None, gpu)[1] is data.converter  # off
+    monkeypatch.setattr(distributed, 'RESIDENT_ON_GPU', True)
     monkeypatch.setattr(distributed, 'RESIDENT_MAX_BYTES', 37 * 49 * 4 - 1)
     assert distributed.train_pipeline(data, 8, 1, None, gpu)[1] is data.converter
     monkeypatch.setattr(distributed, 'RESIDENT_MAX_BYTES', 37 * 49 * 4)

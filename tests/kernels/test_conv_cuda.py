@@ -146,10 +146,10 @@ def cupy():
 
 def both_paths(monkeypatch, fn):
     """``fn()`` with the kernels, then with CuPy's copy and slice additions."""
+    monkeypatch.setattr(conv_cuda, 'ENABLED', True)
     got = fn()
     monkeypatch.setattr(conv_cuda, 'ENABLED', False)
     want = fn()
-    monkeypatch.setattr(conv_cuda, 'ENABLED', True)
     return got, want
 
 
