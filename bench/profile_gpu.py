@@ -62,6 +62,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import capsnet_chainer  # noqa: E402,F401  (adapts Chainer before its import)
+from bench_gpu import data_flags  # noqa: E402  (this folder: the flags it passes on)
 from capsnet_chainer.training.profile import PHASES  # noqa: E402
 from capsnet_chainer.training.profile import StepProfile  # noqa: E402
 
@@ -396,13 +397,6 @@ def cupti_counts(events, n_steps):
 
 
 # The parts
-
-
-def data_flags(args):
-    return [str(a) for flag, value in (('--data-dir', args.data_dir),
-                                       ('--n-train', args.n_train),
-                                       ('--n-test', args.n_test))
-            if value is not None for a in (flag, value)]
 
 
 def run_json_worker(cmd, timeout, env=None):
