@@ -19,7 +19,6 @@ import matplotlib
 matplotlib.use('Agg')
 
 import capsnet_chainer  # noqa: E402,F401  (before chainer: restores numpy.sctypes)
-import chainer  # noqa: E402
 from chainer import training  # noqa: E402
 from chainer.training import extensions  # noqa: E402
 import numpy  # noqa: E402
@@ -52,6 +51,7 @@ from capsnet_chainer.training.extensions import ReconstructionReport  # noqa: E4
 from capsnet_chainer.training.extensions import RunTimeEstimate  # noqa: E402
 from capsnet_chainer.training.extensions import selection_rule  # noqa: E402
 from capsnet_chainer.training.extensions import TEST_ACCURACY  # noqa: E402
+from capsnet_chainer.training.gated_adam import GatedAdam  # noqa: E402
 from capsnet_chainer.training.nonfinite import NonFiniteError  # noqa: E402
 from capsnet_chainer.training.updater import ConverterStateUpdater  # noqa: E402
 
@@ -237,16 +237,17 @@ def main(argv=None):
     model.to_device(device)
     device.use()
 
-    # Set up an optimizer (under MPI, one that averages the ranks' gradients)
-    optimizer = distributed.setup_optimizer(chainer.optimizers.Adam(alpha=args.alpha),
-                                            model, comm)
+    # Set up an optimizer (under MPI, one that averages the ranks' gradients): Adam,
+    # which can skip a diverged step on the device
+    optimizer = distributed.setup_optimizer(GatedAdam(alpha=args.alpha), model, comm)
 
     # Set up a trainer (under MPI, each rank trains on its slice of every global batch
     # and evaluates its part of the test set)
     train_iter, converter = distributed.train_pipeline(data, args.batchsize, args.seed, comm,
                                                        device)
     test_iter = distributed.test_iterator(data.test, args.test_batchsize, comm)
-    updater = ConverterStateUpdater(train_iter, optimizer, converter=converter, device=device)
+    updater = ConverterStateUpdater(train_iter, optimizer, converter=converter, device=device,
+                                    defer_check=distributed.deferred_check(device, comm))
     trainer = training.Trainer(updater, EpochLimit(args.epoch), out=args.out)
 
     # Triggers

@@ -51,7 +51,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 #: Variant name -> settings: ``fast_on_gpu`` (our convolution kernel on the GPU, the
 #: default; ``False``: Chainer's im2col convolution), ``check_finite`` (the non-finite
-#: check: one sync per step), ``type_check`` (Chainer's checks of every function's
+#: check: one sync per step), ``defer_check`` (the check without a sync: GatedAdam
+#: skips a diverged step on the device, the host reads the verdict a step late),
+#: ``type_check`` (Chainer's checks of every function's
 #: input types, on the host: ``'once'``, in the first update only, as ``train.py``
 #: does; ``'always'``; ``False``: never), ``env`` (environment variables:
 #: ``CUPY_TF32=1`` lets cuBLAS round float32 products to TF32), ``conv_cuda`` (our
@@ -62,6 +64,7 @@ VARIANTS = {
     'im2col-copy': {'conv_cuda': False},
     'chainer-conv': {'fast_on_gpu': False},
     'no-finite-check': {'check_finite': False},
+    'deferred-check': {'defer_check': True},
     'type-check-always': {'type_check': 'always'},
     'no-type-check': {'type_check': False},
     'tf32': {'env': {'CUPY_TF32': '1'}},
@@ -248,6 +251,7 @@ def worker(args, variant):
     from capsnet_chainer import links
     from capsnet_chainer.kernels import conv_cuda
     from capsnet_chainer.training import distributed
+    from capsnet_chainer.training.gated_adam import GatedAdam
     from capsnet_chainer.training.nonfinite import first_non_finite
     from capsnet_chainer.training.nonfinite import to_float
     from capsnet_chainer.training.iterators import SeededShuffleIterator
@@ -266,12 +270,13 @@ def worker(args, variant):
     numpy.random.seed(args.seed)
     model = CapsNet(reconstruct=True)
     model.to_device(device)
-    optimizer = chainer.optimizers.Adam(alpha=1e-3)
+    optimizer = GatedAdam(alpha=1e-3)  # train.py's: Chainer's Adam unless gated
     optimizer.setup(model)
     train_iter = SeededShuffleIterator(data.train, BATCH, args.seed)
     updater = ConverterStateUpdater(train_iter, optimizer, converter=data.converter,
                                     device=device,
                                     check_finite=settings.get('check_finite', True),
+                                    defer_check=settings.get('defer_check', False),
                                     check_types_once=type_check == 'once')
     test_iter = SerialIterator(data.test, TEST_BATCH, repeat=False, shuffle=False)
     evaluator = distributed.evaluator(test_iter, model, device, None)
@@ -351,6 +356,7 @@ def worker(args, variant):
     # behind busy work.
     if settings.get('check_finite', True):
         optimizer.remove_hook('NonFiniteCheck')
+        optimizer.set_gate(None)
     if type_check == 'once':
         chainer.config.type_check = False  # as the updater after its first update
 

@@ -33,7 +33,8 @@ stopped there and recorded so):
    ``--compile``, ``--compile-mode reduce-overhead``, ``--compile-mode max-autotune``
    (the last after ``train_py_host``: its autotuning may take minutes);
 7. ``train_py_host``: ``train.py`` again on the default path: the training set on the
-   host and CuPy's im2col copy (``RESIDENT_ON_GPU`` and ``conv_cuda.ENABLED`` off), which
+   host, CuPy's im2col copy and the non-finite check's sync per step
+   (``RESIDENT_ON_GPU``, ``conv_cuda.ENABLED`` and ``DEFERRED_CHECK_ON_GPU`` off), which
    ``train_py`` switches on.
 
 The parts run in the order of :data:`PARTS` (the most needed first); ``--parts`` picks
@@ -206,6 +207,7 @@ def train_py_worker(args):
     from capsnet_chainer.kernels import conv_cuda
     # The new GPU paths (off by default until measured), or the old path with --host-data
     distributed.RESIDENT_ON_GPU = conv_cuda.ENABLED = not args.host_data
+    distributed.DEFERRED_CHECK_ON_GPU = not args.host_data
     device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
     n_train = args.n_train or 60000
     steps = -(-n_train // args.batchsize)
@@ -614,7 +616,7 @@ def main():
                         help='steps recorded by CUPTI (a worker takes FIRST:LAST)')
     parser.add_argument('--bench-epochs', type=int, default=5)
     parser.add_argument('--variants',
-                        default='default,im2col-copy,no-finite-check+no-type-check')
+                        default='default,deferred-check,no-finite-check+no-type-check')
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--peer', default=None, help='torch_capsnet.py')
     parser.add_argument('--peer-epochs', type=int, default=6)

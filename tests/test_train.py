@@ -16,6 +16,8 @@ from capsnet_chainer import cli
 from capsnet_chainer import load_model
 from capsnet_chainer.baseline_cnn import BaselineCNN
 from capsnet_chainer.errors import SettingError
+from capsnet_chainer.training import distributed
+from capsnet_chainer.training import nonfinite
 from conftest import REPO
 from conftest import run_train
 from test_dependability import without_time
@@ -95,6 +97,31 @@ def test_resume_continues_to_the_same_weights(tiny_runs):
     log_b = read_log(str(tiny_runs['resumed'] / 'result'))
     for a, b in zip(log_a, log_b):
         assert without_time([a]) == without_time([b])
+
+
+def test_the_deferred_check_trains_the_same_run(tiny_runs, mnist_dir, tmp_path, monkeypatch):
+    """train.py with its non-finite check deferred (GatedAdam skipping on the device,
+    the verdict read a step late), as a GPU run once it is switched on: the same
+    weights and log as the straight run, bit for bit, on the CPU."""
+    verdicts = []
+
+    class Counted(nonfinite._Verdict):
+        def __init__(self, *args):
+            verdicts.append(args[-1])
+            super().__init__(*args)
+
+    monkeypatch.setattr(nonfinite, '_Verdict', Counted)
+    monkeypatch.setattr(distributed, 'deferred_check', lambda device, comm: True)
+    monkeypatch.chdir(tmp_path)
+    load_train_module().main(['--data-dir', mnist_dir] + TINY + ['-e', '2', '--save', 'best'])
+    assert verdicts == [(1, 1), (1, 2), (2, 3), (2, 4)]  # (epoch, iteration), deferred
+    straight = snapshot_weights(str(tiny_runs['straight'] / 'result' / 'snapshot_epoch_2'))
+    deferred = snapshot_weights(str(tmp_path / 'result' / 'snapshot_epoch_2'))
+    assert straight.keys() == deferred.keys() and len(straight) > 0
+    for key in straight:
+        numpy.testing.assert_array_equal(straight[key], deferred[key], err_msg=key)
+    assert without_time(read_log(str(tmp_path / 'result'))) == without_time(
+        read_log(str(tiny_runs['straight'] / 'result')))
 
 
 def test_short_real_training_learns(trained_run):

@@ -239,6 +239,21 @@ def train_pipeline(data, batchsize, seed, comm, device):
     return train_iterator(train, batchsize, seed, comm), data.converter
 
 
+#: Check each step for NaN without a device sync (:func:`deferred_check`). Off until its
+#: gpu tests have passed on a GPU and its speed is measured there, as
+#: :data:`RESIDENT_ON_GPU`.
+DEFERRED_CHECK_ON_GPU = False
+
+
+def deferred_check(device, comm):
+    """Whether the updater's non-finite check is deferred: a step's verdict kept on the
+    device, where the optimizer skips a diverged step, and read by the host a step late,
+    with no sync per step (:class:`~capsnet_chainer.training.nonfinite.NonFiniteCheck`).
+    On a GPU in one process, with :data:`DEFERRED_CHECK_ON_GPU`; elsewhere a sync costs
+    little or the ranks' optimizer has no gate."""
+    return DEFERRED_CHECK_ON_GPU and comm is None and device.xp is not numpy
+
+
 def test_iterator(dataset, batchsize, comm):
     """An iterator over this rank's part of ``dataset`` (:func:`shard`), once, in order."""
     return chainer.iterators.SerialIterator(shard(dataset, comm), batchsize, repeat=False,

@@ -7,10 +7,16 @@ loss and every gradient, one device sync per step, tells a finite step; a diverg
 never reaches the weights, a snapshot or the best model. The error names the epoch and
 iteration from the optimizer's own counts (``epoch``, updates ``t``), which a resumed
 run restores.
+
+With ``defer=True`` the check takes no sync: the verdict stays on the device, where
+:class:`~capsnet_chainer.training.gated_adam.GatedAdam`'s update reads it and skips a
+diverged step, and the host reads it in the next step (:meth:`NonFiniteCheck.settle`),
+when its copy has arrived; the error is the same, one step later.
 """
 
 import chainer
 import numpy
+from chainer import backend
 
 from capsnet_chainer.errors import CapsNetError
 
@@ -65,19 +71,69 @@ def _position(optimizer):
     return optimizer.epoch + 1, optimizer.t + 1
 
 
+class _Verdict(object):
+    """A deferred step's verdict on its way to the host, and what names the culprit.
+
+    On a GPU the verdict is copied into pinned host memory behind the step's work, and
+    an event marks its arrival: :meth:`finite` waits for that event, not for the steps
+    queued after it.
+    """
+
+    def __init__(self, ok, loss, params, position):
+        self.loss, self.params, self.position = loss, params, position
+        if backend.get_array_module(ok) is numpy:
+            self._host, self._event = numpy.asarray(ok).reshape(1), None
+        else:
+            import cupy
+            import cupyx
+            self._host = cupyx.empty_pinned((1,), numpy.bool_)
+            ok.reshape(1).get(out=self._host, blocking=False)
+            self._event = cupy.cuda.Event(disable_timing=True)
+            self._event.record()
+
+    def finite(self):
+        if self._event is not None:
+            self._event.synchronize()
+        return bool(self._host[0])
+
+    def error(self, target):
+        """The :class:`NonFiniteError` of this step: its loss, else the first of
+        ``target``'s gradients that is not finite."""
+        if self.loss is not None and not numpy.isfinite(to_float(self.loss)):
+            return NonFiniteError('loss ({})'.format(to_float(self.loss)), *self.position)
+        names = {id(p): name.lstrip('/') for name, p in target.namedparams()}
+        for p, grad in self.params:
+            if not numpy.isfinite(to_float(grad.sum(dtype=numpy.float64))):
+                return NonFiniteError('gradient of {}'.format(names[id(p)]), *self.position)
+        return NonFiniteError('gradients (their float64 sum)', *self.position)
+
+
 class NonFiniteCheck(object):
     """Optimizer hook: raises :class:`NonFiniteError` before an update from a non-finite
     loss or gradients. Register it with ``optimizer.add_hook(NonFiniteCheck(),
     timing='pre')``, and pass the updater ``check.watch(loss_func)`` so that it checks
     the loss as well (a NaN loss is named as such, not as the gradients it gave).
+
+    Args:
+        defer (bool): Keep each step's verdict on the device as :attr:`ok` for a
+            :class:`~capsnet_chainer.training.gated_adam.GatedAdam` gated by this check,
+            which skips the step's update there, and raise in the next step's call or in
+            :meth:`settle` (no sync per step). Call :meth:`settle` before anything takes
+            the weights or the counts as final (the updater does at each epoch's end).
     """
 
     name = 'NonFiniteCheck'
     timing = 'pre'
     call_for_each_param = False
 
-    def __init__(self):
+    def __init__(self, defer=False):
+        self.defer = defer
         self.loss = None  # the array of the loss of the step in progress
+        #: The verdict on the step in progress (``defer``): a boolean array on the
+        #: device, true where its loss and gradients are all finite
+        self.ok = None
+        self._pending = None  # the last step's _Verdict (defer)
+        self._target = None
 
     def watch(self, loss_func):
         """``loss_func`` that keeps the loss it returns for the check (no sync)."""
@@ -90,6 +146,14 @@ class NonFiniteCheck(object):
 
     def __call__(self, optimizer):
         loss, self.loss = self.loss, None
+        if self.defer:
+            self.settle()  # the last step's verdict, long arrived
+            params = [(p, p.grad) for p in optimizer.target.params() if p.grad is not None]
+            total = float64_sum([g for _, g in params] + ([loss] if loss is not None else []))
+            self.ok = backend.get_array_module(total).isfinite(total)  # no sync
+            self._target = optimizer.target
+            self._pending = _Verdict(self.ok, loss, params, _position(optimizer))
+            return
         arrays = [p.grad for p in optimizer.target.params() if p.grad is not None]
         if loss is not None:
             arrays.append(loss)
@@ -100,3 +164,11 @@ class NonFiniteCheck(object):
         bad = first_non_finite(optimizer.target, 'grad')
         if bad is not None:
             raise NonFiniteError('gradient of {}'.format(bad), *_position(optimizer))
+
+    def settle(self):
+        """Raises :class:`NonFiniteError` if the last deferred step was not finite (its
+        update was skipped), waiting for that step's verdict only; else nothing (also
+        without ``defer``, or with no step since the last call)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.finite():
+            raise pending.error(self._target)

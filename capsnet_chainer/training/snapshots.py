@@ -82,6 +82,8 @@ class Snapshot(training.Extension):
 
     def write(self, trainer, name):
         updater = trainer.updater
+        if hasattr(updater, 'settle'):
+            updater.settle()  # a deferred check's last verdict, before the weights go out
         model = updater.get_optimizer('main').target
         bad = first_non_finite(model)
         if bad is not None:

@@ -32,8 +32,15 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
     not the GPU, bounds the step. Where
     ``chainer.config.type_check`` is off they never run.
 
+    With ``defer_check`` the check takes no sync: the optimizer, a
+    :class:`~capsnet_chainer.training.gated_adam.GatedAdam`, skips a diverged step's
+    update on the device, and the error comes in the next update, or in this one where it
+    ends an epoch (:meth:`settle`), before any extension sees the epoch's weights.
+
     Args:
         check_finite (bool): Check the loss and gradients (one device sync per step).
+        defer_check (bool): Check them without a sync, a step late (``check_finite``
+            only; the optimizer must have ``set_gate``).
         check_types_once (bool): Type-check the first update only (else every update,
             as ``chainer.config.type_check`` says).
         profile (~capsnet_chainer.training.profile.StepProfile): Runs each step,
@@ -43,9 +50,16 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
     """
 
     def __init__(self, iterator, optimizer, check_finite=True, loss_func=None,
-                 check_types_once=True, profile=None, **kwargs):
+                 check_types_once=True, profile=None, defer_check=False, **kwargs):
+        self._check = None
         if check_finite:
-            check = NonFiniteCheck()
+            self._check = check = NonFiniteCheck(defer=defer_check)
+            if defer_check:
+                if not hasattr(optimizer, 'set_gate'):
+                    raise ValueError('defer_check needs an optimizer that skips a step on '
+                                     'the device (GatedAdam), not {}'.format(
+                                         type(optimizer).__name__))
+                optimizer.set_gate(check)
             loss_func = check.watch(loss_func or optimizer.target)
             optimizer.add_hook(check, timing='pre')
         super().__init__(iterator, optimizer, loss_func=loss_func, **kwargs)
@@ -66,7 +80,15 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
         else:
             step()
             self._types_checked = True
+        if self.is_new_epoch:
+            self.settle()  # the epoch's extensions see the weights of finite steps only
         self.update_seconds += time.perf_counter() - start
+
+    def settle(self):
+        """Raises :class:`~capsnet_chainer.training.nonfinite.NonFiniteError` now if a
+        step whose check was deferred was not finite (see ``defer_check``)."""
+        if self._check is not None:
+            self._check.settle()
 
     def serialize(self, serializer):
         super().serialize(serializer)

@@ -148,6 +148,16 @@ def test_each_rank_takes_the_gpu_of_its_local_rank():
     assert distributed.rank_device(0, '@numpy', FakeComm(1, 2)) == (0, '@numpy')
 
 
+def test_the_check_is_deferred_on_a_gpu_in_one_process_once_switched_on(monkeypatch):
+    cpu = chainer.get_device('@numpy')
+    gpu = type('Gpu', (), {'xp': object()})()  # a stand-in GPU
+    assert not distributed.deferred_check(gpu, None)  # off until measured
+    monkeypatch.setattr(distributed, 'DEFERRED_CHECK_ON_GPU', True)
+    assert distributed.deferred_check(gpu, None)
+    assert not distributed.deferred_check(cpu, None)
+    assert not distributed.deferred_check(gpu, FakeComm(0, 2))
+
+
 def test_one_process_needs_no_communicator():
     assert distributed.create_communicator(None) is None
     assert distributed.create_communicator(None, use_gpu=True) is None

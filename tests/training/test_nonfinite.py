@@ -9,6 +9,7 @@ from chainer import testing
 
 from capsnet_chainer.errors import CapsNetError
 from capsnet_chainer.training import nonfinite
+from capsnet_chainer.training.gated_adam import GatedAdam
 
 
 class _Two(chainer.Chain):
@@ -118,6 +119,73 @@ def test_check_of_an_update_without_a_watched_loss_checks_the_gradients():
     model.b.W.grad[0, 0] = numpy.nan
     with pytest.raises(nonfinite.NonFiniteError, match='gradient of b/W'):
         optimizer.update()
+
+
+# The deferred check: no sync, the update skipped on the device, the error a step late
+
+
+def _deferred(model):
+    """GatedAdam on ``model``, gated by a deferred check; the check."""
+    check = nonfinite.NonFiniteCheck(defer=True)
+    optimizer = GatedAdam()
+    optimizer.setup(model)
+    optimizer.set_gate(check)
+    optimizer.add_hook(check, timing='pre')
+    return optimizer, check
+
+
+def _weights(model):
+    return [p.array.copy() for p in model.params()]
+
+
+def test_deferred_check_skips_a_nan_loss_and_raises_in_the_next_step():
+    model = _Two()
+    optimizer, check = _deferred(model)
+    x = numpy.ones((1, 2), numpy.float32)
+    scale = [numpy.float32(1), numpy.float32('nan'), numpy.float32(1)]
+
+    def loss_func():
+        return chainer.functions.sum(model.b(model.a(x))) * scale[optimizer.t]
+    optimizer.update(check.watch(loss_func))  # finite
+    assert bool(check.ok) and optimizer.t == 1
+    after_first = _weights(model)
+    optimizer.update(check.watch(loss_func))  # NaN: skipped, no error yet
+    assert not bool(check.ok) and optimizer.t == 2
+    for got, want in zip(_weights(model), after_first):
+        numpy.testing.assert_array_equal(got, want)
+    with pytest.raises(nonfinite.NonFiniteError) as e:
+        optimizer.update(check.watch(loss_func))  # raises before its own update
+    assert str(e.value) == 'non-finite loss (nan) at epoch 1, iteration 2'
+    assert optimizer.t == 2
+    for got, want in zip(_weights(model), after_first):
+        numpy.testing.assert_array_equal(got, want)
+
+
+def test_deferred_check_names_the_gradient_and_settle_raises_once():
+    """sqrt(u^2) at u = 0: a finite loss whose gradient of a/W is NaN."""
+    model = _Two()
+    optimizer, check = _deferred(model)
+
+    def loss_func(x):
+        u = model.a(x) - model.a.b
+        return chainer.functions.sum(chainer.functions.sqrt(u * u))
+    optimizer.update(check.watch(loss_func), numpy.zeros((1, 2), numpy.float32))
+    with pytest.raises(nonfinite.NonFiniteError) as e:
+        check.settle()
+    assert str(e.value) == 'non-finite gradient of a/W at epoch 1, iteration 1'
+    check.settle()  # the verdict is taken: nothing more to raise
+    assert all((p.update_rule.state['m'] == 0).all() for p in model.params())
+
+
+def test_deferred_check_of_finite_steps_raises_nothing_and_settles_quietly():
+    model = _Two()
+    optimizer, check = _deferred(model)
+    check.settle()  # before any step
+    for _ in range(3):
+        optimizer.update(check.watch(lambda: chainer.functions.sum(
+            model.b(model.a(numpy.ones((2, 2), numpy.float32))))))
+    check.settle()
+    assert optimizer.t == 3
 
 
 testing.run_module(__name__, __file__)

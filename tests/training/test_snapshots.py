@@ -1,6 +1,9 @@
 import json
 import os
+from types import SimpleNamespace
 
+import chainer
+import chainer.links as L
 import numpy
 import pytest
 from chainer import testing
@@ -8,6 +11,7 @@ from chainer import testing
 from capsnet_chainer.fileio import remove_stale_temp_files
 from capsnet_chainer.io.modelfile import SNAPSHOT_MODEL_PATH
 from capsnet_chainer.training import snapshots
+from capsnet_chainer.training.nonfinite import NonFiniteError
 
 
 def test_snapshots_are_ordered_by_iteration_not_name_and_cleaned_up(tmp_path):
@@ -86,6 +90,26 @@ def test_a_model_file_is_not_a_snapshot(tmp_path):
         snapshots.check_snapshot(path, {})
     assert snapshots.snapshot_iteration(path) is None
     assert snapshots.latest_snapshot(str(tmp_path / 'nowhere')) is None
+
+
+def test_a_snapshot_settles_a_deferred_check_before_it_writes(tmp_path):
+    """A mid-epoch snapshot after a diverged step whose verdict is still on its way:
+    the error, and no file."""
+    calls = []
+
+    def settle():
+        calls.append('settle')
+        raise NonFiniteError('loss (nan)', 1, 3)
+
+    model = chainer.Sequential(L.Linear(2, 2))
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    updater = SimpleNamespace(is_new_epoch=False, iteration=4, epoch=0, settle=settle,
+                              get_optimizer=lambda name: optimizer)
+    trainer = SimpleNamespace(updater=updater, out=str(tmp_path))
+    with pytest.raises(NonFiniteError, match='iteration 3'):
+        snapshots.Snapshot(every=2).write(trainer, 'snapshot_iter_4')
+    assert calls == ['settle'] and os.listdir(str(tmp_path)) == []
 
 
 testing.run_module(__name__, __file__)

@@ -10,15 +10,28 @@ import numpy
 import pytest
 from chainer import serializers
 from chainer import testing
+from chainer.backends.cuda import to_cpu
 
+from capsnet_chainer.training.gated_adam import GatedAdam
 from capsnet_chainer.training.iterators import SeededShuffleIterator
 from capsnet_chainer.training.nonfinite import NonFiniteError
 from capsnet_chainer.training.updater import ConverterStateUpdater
+from conftest import get_device
 
 
-def _updater(model, n_data, **kwargs):
-    """Adam on ``model`` and an updater over ``n_data`` copies of one 2-vector, batch 2."""
-    optimizer = chainer.optimizers.Adam()
+#: The devices of the deferred check's tests
+DEVICES = ['@numpy', pytest.param('@cupy:0', marks=pytest.mark.gpu)]
+
+
+def _updater(model, n_data, optimizer_class=chainer.optimizers.Adam, device=None,
+             **kwargs):
+    """Adam on ``model`` and an updater over ``n_data`` copies of one 2-vector, batch 2
+    (on ``device``, a name, where given)."""
+    if device is not None:
+        device = get_device(device)
+        model.to_device(device)
+        kwargs['device'] = device
+    optimizer = optimizer_class()
     optimizer.setup(model)
     data = [(numpy.ones(2, numpy.float32), numpy.int32(0))] * n_data
     return optimizer, ConverterStateUpdater(SeededShuffleIterator(data, 2, 0), optimizer,
@@ -95,6 +108,55 @@ def test_updater_without_check_finite_lets_a_nan_gradient_through():
     optimizer, updater = _updater(model, 4, check_finite=False)
     updater.update()
     assert optimizer.t == 1 and numpy.isnan(model.fc.W.array).all()
+
+
+def test_a_deferred_check_needs_a_gated_optimizer():
+    with pytest.raises(ValueError, match='GatedAdam'):
+        _updater(_Loss(), 4, defer_check=True)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_deferred_check_raises_in_the_next_step_of_the_epoch(device):
+    model = _Loss('nan_times')  # NaN at the second step
+    optimizer, updater = _updater(model, 8, GatedAdam, device, defer_check=True)  # 4 an epoch
+    updater.update()
+    W = to_cpu(model.fc.W.array).copy()
+    updater.update()  # skipped on the device; no error yet
+    numpy.testing.assert_array_equal(to_cpu(model.fc.W.array), W)
+    with pytest.raises(NonFiniteError) as e:
+        updater.update()
+    assert str(e.value) == 'non-finite loss (nan) at epoch 1, iteration 2'
+    numpy.testing.assert_array_equal(to_cpu(model.fc.W.array), W)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_deferred_check_raises_in_the_step_that_ends_the_epoch(device):
+    """The epoch's extensions (snapshots, the best model, the log) never see a
+    diverged step."""
+    model = _Loss('nan_times')
+    optimizer, updater = _updater(model, 4, GatedAdam, device, defer_check=True)  # 2 an epoch
+    updater.update()
+    W = to_cpu(model.fc.W.array).copy()
+    with pytest.raises(NonFiniteError) as e:
+        updater.update()
+    assert str(e.value) == 'non-finite loss (nan) at epoch 1, iteration 2'
+    assert updater.is_new_epoch
+    numpy.testing.assert_array_equal(to_cpu(model.fc.W.array), W)
+    updater.settle()  # raised once
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_deferred_check_trains_as_the_synchronous_one(device):
+    runs = []
+    for defer in (False, True):
+        numpy.random.seed(3)
+        model = _Loss()
+        _, updater = _updater(model, 6, GatedAdam, device, defer_check=defer)
+        for _ in range(5):
+            updater.update()
+        runs.append([to_cpu(p.array).copy() for p in model.params()])
+    for a, b in zip(*runs):
+        numpy.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize('once, config, want', [
