@@ -26,6 +26,7 @@ import io
 import os
 
 import matplotlib.figure
+import matplotlib.patches
 import numpy
 
 from capsnet_chainer.evaluation.metrics import decode
@@ -48,6 +49,8 @@ PERTURBATIONS = {'reference': (REFERENCE_STEPS, 'steps'), 'paper': (PAPER_STEPS,
 
 #: Gap between tiles, in pixels.
 GAP = 2
+#: The frame of a colour tile that a grey one would draw in :data:`GIVEN_CMAP`.
+FRAME_COLOUR = 'tab:green'
 #: Size of one 28-pixel tile in the saved PNG, in inches (at :data:`DPI`).
 TILE_INCHES = 0.5
 DPI = 100
@@ -190,7 +193,9 @@ def draw_grid(tiles, cmaps, ax=None, gap=GAP):
 
     Args:
         tiles (array): ``(rows, cols, H, W)``, or ``(rows, cols, H, W, 3)`` for colour
-            images (drawn in their colours, clipped to 0..1; ``cmaps`` then unused).
+            images (drawn in their colours, clipped to 0..1; the tiles whose colour map
+            is :data:`GIVEN_CMAP`, the inputs and the unperturbed reconstructions, are
+            framed in its green instead).
         cmaps (str or sequence): One colour-map name for all tiles, one per row
             (length ``R``), or a 2-D ``(R, C)`` grid (``(1, C)`` gives one per column).
         ax (~matplotlib.axes.Axes): Where to draw; ``None`` makes a new figure.
@@ -215,6 +220,10 @@ def draw_grid(tiles, cmaps, ax=None, gap=GAP):
             if colour:
                 ax.imshow(numpy.clip(tiles[r, c], 0, 1), interpolation='nearest',
                           extent=extent)
+                if names[r, c] == GIVEN_CMAP:  # what grey tiles tell by their colour map
+                    ax.add_patch(matplotlib.patches.Rectangle(
+                        (x0 - gap / 2, y0 - gap / 2), W + gap, H + gap, fill=False,
+                        edgecolor=FRAME_COLOUR, linewidth=1.5))
             else:
                 ax.imshow(tiles[r, c], cmap=names[r, c], norm=norm, interpolation='nearest',
                           extent=extent)

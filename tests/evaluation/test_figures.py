@@ -8,8 +8,10 @@ from capsnet_chainer.evaluation import figures  # before chainer: restores numpy
 
 import chainer
 import matplotlib.axes
+import matplotlib.colors
 import matplotlib.figure
 import matplotlib.image
+import matplotlib.patches
 import numpy
 import pytest
 from chainer import testing
@@ -169,6 +171,34 @@ def test_draw_grid_into_given_axes():
     tiles = numpy.zeros((1, 2, 28, 28), numpy.float32)
     assert figures.draw_grid(tiles, 'Greens', ax=ax) is ax
     assert len(fig.axes) == 1 and len(ax.images) == 2
+
+
+def test_colour_tiles_of_the_given_colour_map_are_framed_in_green(tmp_path):
+    """Colour images keep their colours: the inputs and the unperturbed row, green in
+    grey grids, get a green frame instead; the reconstructions none."""
+    rng = numpy.random.RandomState(0)
+    tiles = rng.uniform(0, 1, (3, 4, 28, 28, 3))
+    names = [figures.RECON_CMAP, figures.GIVEN_CMAP, figures.RECON_CMAP]
+    ax = figures.draw_grid(tiles, names)
+    assert len(ax.images) == 12
+    frames = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert len(frames) == 4
+    step = 28 + figures.GAP
+    assert sorted(p.get_x() for p in frames) == [c * step - figures.GAP / 2 for c in range(4)]
+    assert all(p.get_y() == step - figures.GAP / 2 and not p.get_fill() for p in frames)
+    path = str(tmp_path / 'grid.png')
+    figures.save_figure(ax, path)
+    image = matplotlib.image.imread(path)[..., :3]
+    H, W = image.shape[:2]
+    green = matplotlib.colors.to_rgb(figures.FRAME_COLOUR)
+    # the frame's colour runs along the gaps around the middle row only
+    near = numpy.abs(image - green).max(axis=-1) < 0.15
+    rows = near.sum(axis=1)
+    assert rows[H // 3 - 3:H // 3 + 3].max() > W // 2  # the top edge of row 1
+    assert rows[:H // 3 - 4].max() < W // 10 and rows[2 * H // 3 + 4:].max() < W // 10
+    # grey tiles need no frame: their colour map says it
+    grey = figures.draw_grid(tiles[..., 0], names)
+    assert not grey.patches
 
 
 def test_colour_maps_are_green_and_blue():
