@@ -253,11 +253,11 @@ def analyze(argv=None):
         results, traced = analyze_pairs(model, arrays, n_test, test_set, args, evaluation,
                                         capsules)
     else:
-        results, traced = analyze_digits(model, arrays, n_test, protocol, args, evaluation,
-                                         capsules)
+        results, traced, scores = analyze_digits(model, arrays, n_test, protocol, args,
+                                                 evaluation, capsules)
     if args.ensemble:  # --load A B C ...: the class of their mean capsule lengths
         results['ensemble'] = ensemble.evaluate(members, *arrays[:2], n_test, args.batchsize,
-                                                device, cli.Progress)
+                                                device, cli.Progress, known={0: scores})
         print(ensemble.summary(results['ensemble']))
     if capsules:  # routing.png and explorer.html
         results['routing'] = explorer.write_views(
@@ -290,7 +290,8 @@ def save(fig_or_ax, path):
 
 def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=True):
     """Sample figures (``capsules``), the score, the confusion matrix and the worst
-    mistakes (beside their reconstructions with ``capsules``)."""
+    mistakes (beside their reconstructions with ``capsules``). Returns the results, the
+    routing traced (:func:`score`) and the class scores."""
     x, t = arrays
     names = evaluation['class_names']
     labels = None if names == [str(k) for k in range(len(names))] else names  # not digits
@@ -330,7 +331,7 @@ def analyze_digits(model, arrays, n_test, protocol, args, evaluation, capsules=T
         results['accuracy'], results['error_rate'], n_test, title))
     if protocol.source != 'mnist':
         print('# classes: {}'.format(', '.join('{} {}'.format(*c) for c in enumerate(names))))
-    return results, traced
+    return results, traced, scores
 
 
 def score(model, x, t, args, capsules, what):

@@ -51,7 +51,8 @@ def _shown(value):
     return 'not recorded' if value is None else value
 
 
-def evaluate(members, x, t, n_test=None, batchsize=100, device=None, progress=None):
+def evaluate(members, x, t, n_test=None, batchsize=100, device=None, progress=None,
+             known=None):
     """Scores each model and their mean on images ``x`` with labels ``t``.
 
     Args:
@@ -62,6 +63,8 @@ def evaluate(members, x, t, n_test=None, batchsize=100, device=None, progress=No
         batchsize (int): Images per forward pass.
         device: Where to run each model (``None``: where it is).
         progress (callable): ``progress(label)`` -> a ``(done, total)`` callback.
+        known (dict): ``{k: scores}``: member ``k``'s scores of these images, already
+            computed (``analyze.py`` has the first model's), not computed again.
 
     Returns:
         dict: ``members`` (``path``, ``sha256``, ``n_correct``, ``accuracy`` of each),
@@ -78,11 +81,15 @@ def evaluate(members, x, t, n_test=None, batchsize=100, device=None, progress=No
                             'pairs are not supported')
     x = x[:n_test]
     total, report = 0, []
+    known = known or {}
     for k, (path, model, _) in enumerate(members):
-        if device is not None:
-            model.to_device(device)
-        scores = predict(model, x, batchsize, progress and progress(
-            'scoring model {} of {}'.format(k + 1, len(members))))
+        if k in known:
+            scores = numpy.asarray(known[k])[:len(t)]
+        else:
+            if device is not None:
+                model.to_device(device)
+            scores = predict(model, x, batchsize, progress and progress(
+                'scoring model {} of {}'.format(k + 1, len(members))))
         total = total + scores
         correct = int((scores.argmax(axis=1) == t).sum())
         report.append({'path': path, 'sha256': file_sha256(path), 'n_correct': correct,

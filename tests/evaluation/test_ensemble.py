@@ -39,6 +39,27 @@ def test_the_ensemble_takes_the_class_of_the_mean_length(tmp_path):
     assert len(lines) == 4 and lines[-1].startswith('ensemble of 3 models: test accuracy')
 
 
+def test_known_scores_are_used_not_computed_again(tmp_path, monkeypatch):
+    members = [member(tmp_path, 'm{}'.format(k), k) for k in range(2)]
+    x = numpy.random.RandomState(5).rand(6, 1, 17, 17).astype(numpy.float32)
+    t = numpy.arange(6, dtype=numpy.int32) % 3
+    want = ensemble.evaluate(members, x, t)
+    first = predict(members[0][1], x)
+    scored = []
+
+    def counted(model, *args):
+        scored.append(model)
+        return predict(model, *args)
+    monkeypatch.setattr(ensemble, 'predict', counted)
+    got = ensemble.evaluate(members, x, t, known={0: first})
+    assert scored == [members[1][1]]  # the second model only
+    assert got == want
+    # the known scores are what counts: the first model's, changed, change the result
+    wrong = numpy.roll(first, 1, axis=1) * 100
+    changed = ensemble.evaluate(members, x, t, known={0: wrong})
+    assert changed['members'][0]['n_correct'] == (wrong.argmax(axis=1) == t).sum()
+
+
 @pytest.mark.parametrize('change, what', [
     ({'dataset': 'folder'}, "--dataset (npz and folder)"),
     ({'class_names': ['a', 'b', 'd']}, 'classes'),
