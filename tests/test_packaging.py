@@ -41,7 +41,7 @@ def test_cuda_extras_pin_one_cupy_version():
 
 
 def test_affnist_extra_pins_the_scipy_that_the_reader_names():
-    from capsnet_chainer.datasets.affnist import SCIPY_REQUIREMENT
+    from capsnet_chainer.datasets.matfile import SCIPY_REQUIREMENT
     extras = _pyproject()['project']['optional-dependencies']
     assert extras['affnist'] == extras['svhn'] == [SCIPY_REQUIREMENT]
     assert _pins(extras['affnist'])['scipy']  # pinned with ==

@@ -47,11 +47,13 @@ from capsnet_chainer.datasets.affine import AFFNIST_URL
 from capsnet_chainer.datasets.affine import make_affine_test_set
 from capsnet_chainer.datasets.arrays import dataset_arrays
 from capsnet_chainer.datasets.idx import DatasetError
+from capsnet_chainer.datasets.matfile import loadmat_function
+from capsnet_chainer.datasets.matfile import read_mat
 from capsnet_chainer.datasets.placement import CANVAS
 from capsnet_chainer.datasets.placement import expand
 
-#: Pin of the optional dependency that reads ``.mat`` files (the ``[affnist]`` extra).
-SCIPY_REQUIREMENT = 'scipy==1.17.1'
+#: What the affNIST files are, and the extra that installs SciPy to read them
+_MAT = ('the affNIST .mat files', 'affnist')
 
 #: Keys and titles of the evaluation sets (:func:`get_affnist_eval`).
 EXPANDED_KEY = 'expanded'
@@ -63,17 +65,6 @@ STANDIN_TITLE = 'affine-MNIST (stand-in for affNIST, not affNIST)'
 
 _BATCH = re.compile(r'(?:^|/)(\d+)\.mat$')
 _WHOLE = re.compile(r'(?:^|/)test\.mat$')
-
-
-def _loadmat():
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise DatasetError(
-            'reading the affNIST .mat files needs SciPy, an optional dependency: '
-            "pip install 'capsnet-chainer[affnist]' (or pip install {})".format(
-                SCIPY_REQUIREMENT)) from None
-    return loadmat
 
 
 def _numbered(names, where):
@@ -168,12 +159,7 @@ def parse_affnist_mat(f, where, size=CANVAS):
     Raises:
         DatasetError: Not a ``.mat`` file, or not in affNIST's layout.
     """
-    loadmat = _loadmat()
-    try:
-        mat = loadmat(f, squeeze_me=False, struct_as_record=True)
-    except Exception as e:  # scipy raises ValueError, MatReadError, TypeError, ...
-        raise DatasetError('{}: not a readable .mat file ({}: {})'.format(
-            where, type(e).__name__, e)) from None
+    mat = read_mat(f, where, *_MAT, squeeze_me=False, struct_as_record=True)
     if 'affNISTdata' not in mat:
         raise DatasetError('{}: no variable affNISTdata (found: {})'.format(
             where, ', '.join(k for k in mat if not k.startswith('__')) or 'none'))
@@ -226,7 +212,7 @@ def read_affnist(path, n=None):
                           or n <= 0):
         raise ValueError('n must be a positive integer or None, got {!r}'.format(n))
     files = affnist_files(path)
-    _loadmat()  # the missing dependency is named before any file is opened
+    loadmat_function(*_MAT)  # the missing dependency is named before any file is opened
     images, labels, count = [], [], 0
     for name, opener in files:
         if n is not None and count >= n:

@@ -19,9 +19,9 @@ import os
 import numpy
 
 from capsnet_chainer.datasets import checksums
-from capsnet_chainer.datasets.affnist import SCIPY_REQUIREMENT
 from capsnet_chainer.datasets.idx import DatasetError
 from capsnet_chainer.datasets.images import LabelledImages
+from capsnet_chainer.datasets.matfile import read_mat
 from capsnet_chainer.errors import SettingError
 
 URL = 'http://ufldl.stanford.edu/housenumbers/'
@@ -32,24 +32,9 @@ MD5 = {'train_32x32.mat': 'e26dedcc434d2e4c54c9b2d4a06d8373',
 CLASS_NAMES = tuple(str(d) for d in range(10))
 
 
-def _loadmat():
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise DatasetError(
-            "reading SVHN's .mat files needs SciPy, an optional dependency: pip install "
-            "'capsnet-chainer[svhn]' (or pip install {})".format(SCIPY_REQUIREMENT)) from None
-    return loadmat
-
-
 def parse_svhn_mat(path):
     """The images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int32 (0..9) of one file."""
-    loadmat = _loadmat()
-    try:
-        mat = loadmat(path)
-    except Exception as e:  # scipy raises ValueError, MatReadError, TypeError, ...
-        raise DatasetError('{}: not a readable .mat file ({}: {})'.format(
-            path, type(e).__name__, e)) from None
+    mat = read_mat(path, path, "SVHN's .mat files", 'svhn')
     if 'X' not in mat or 'y' not in mat:
         raise DatasetError('{}: needs the variables X and y (found: {})'.format(
             path, ', '.join(k for k in mat if not k.startswith('__')) or 'none'))
