@@ -58,10 +58,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 #: does; ``'always'``; ``False``: never), ``env`` (environment variables:
 #: ``CUPY_TF32=1`` lets cuBLAS round float32 products to TF32), ``conv_cuda`` (our
 #: convolution's im2col and col2im as one CUDA kernel each, the default; ``False``:
-#: CuPy's strided copy and slice additions).
+#: CuPy's strided copy and slice additions), ``routing_cuda`` (the routing's softmax,
+#: squash and their gradients as one CUDA kernel each, the default; ``False``: CuPy's
+#: array operations).
 VARIANTS = {
     'default': {},
     'im2col-copy': {'conv_cuda': False},
+    'routing-ops': {'routing_cuda': False},
     'chainer-conv': {'fast_on_gpu': False},
     'no-finite-check': {'check_finite': False},
     'deferred-check': {'defer_check': True},
@@ -250,6 +253,7 @@ def worker(args, variant):
     from capsnet_chainer import CapsNet
     from capsnet_chainer import links
     from capsnet_chainer.kernels import conv_cuda
+    from capsnet_chainer.kernels import routing_cuda
     from capsnet_chainer.training import distributed
     from capsnet_chainer.training.gated_adam import GatedAdam
     from capsnet_chainer.training.nonfinite import first_non_finite
@@ -260,6 +264,7 @@ def worker(args, variant):
     settings = settings_of(variant)
     links.Convolution2D.fast_on_gpu = settings.get('fast_on_gpu', True)
     conv_cuda.ENABLED = settings.get('conv_cuda', True)
+    routing_cuda.ENABLED = settings.get('routing_cuda', True)
     type_check = settings.get('type_check', 'once')
     chainer.config.type_check = bool(type_check)
     gpu = args.gpu >= 0

@@ -33,9 +33,9 @@ stopped there and recorded so):
    ``--compile``, ``--compile-mode reduce-overhead``, ``--compile-mode max-autotune``
    (the last after ``train_py_host``: its autotuning may take minutes);
 7. ``train_py_host``: ``train.py`` again on the default path: the training set on the
-   host, CuPy's im2col copy and the non-finite check's sync per step
-   (``RESIDENT_ON_GPU``, ``conv_cuda.ENABLED`` and ``DEFERRED_CHECK_ON_GPU`` off), which
-   ``train_py`` switches on.
+   host, CuPy's im2col copy and routing operations, and the non-finite check's sync per
+   step (``RESIDENT_ON_GPU``, ``conv_cuda.ENABLED``, ``routing_cuda.ENABLED`` and
+   ``DEFERRED_CHECK_ON_GPU`` off), which ``train_py`` switches on.
 
 The parts run in the order of :data:`PARTS` (the most needed first); ``--parts`` picks
 some (a second call on the same machine runs those the first had no time for, and
@@ -205,9 +205,10 @@ def train_py_worker(args):
     from capsnet_chainer.training import distributed
     from capsnet_chainer.training.updater import ConverterStateUpdater
     from capsnet_chainer.kernels import conv_cuda
+    from capsnet_chainer.kernels import routing_cuda
     # The new GPU paths (off by default until measured), or the old path with --host-data
     distributed.RESIDENT_ON_GPU = conv_cuda.ENABLED = not args.host_data
-    distributed.DEFERRED_CHECK_ON_GPU = not args.host_data
+    distributed.DEFERRED_CHECK_ON_GPU = routing_cuda.ENABLED = not args.host_data
     device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
     n_train = args.n_train or 60000
     steps = -(-n_train // args.batchsize)

@@ -22,8 +22,10 @@ from capsnet_chainer import functions
 from capsnet_chainer import links
 from capsnet_chainer.datasets.mnist import get_mnist
 from capsnet_chainer.kernels import conv as conv_kernel
+from capsnet_chainer.kernels import conv_cuda
 from capsnet_chainer.kernels import prediction as prediction_kernel
 from capsnet_chainer.kernels import routing as routing_kernels
+from capsnet_chainer.kernels import routing_cuda
 from conftest import get_device
 from conftest import run_train
 from test_train import read_log
@@ -201,13 +203,18 @@ def test_training_steps_of_the_fast_kernels_match_the_plain_equations(mnist_dir)
 
 
 @gpu
-@pytest.mark.parametrize('fast_on_gpu', [True, False], ids=['our-conv', 'chainer-conv'])
+@pytest.mark.parametrize('fast_on_gpu, cuda_kernels', [(True, False), (False, False),
+                                                       (True, True)],
+                         ids=['our-conv', 'chainer-conv', 'our-conv+cuda-kernels'])
 def test_gpu_training_steps_match_the_cpu(cupy_device, mnist_dir, monkeypatch,
-                                          fast_on_gpu):
+                                          fast_on_gpu, cuda_kernels):
     """5 Adam steps with reconstruction, from the same weights on the same 16-digit
     batches, in lockstep: the losses, gradients and weights agree to float32
-    tolerance, with either convolution on the GPU."""
+    tolerance, with either convolution on the GPU, and with the CUDA kernels of the
+    convolution's im2col and col2im and of the routing's element-wise steps."""
     monkeypatch.setattr(links.Convolution2D, 'fast_on_gpu', fast_on_gpu)
+    monkeypatch.setattr(conv_cuda, 'ENABLED', cuda_kernels)
+    monkeypatch.setattr(routing_cuda, 'ENABLED', cuda_kernels)
     assert_training_matches(chainer.get_device('@numpy'), cupy_device, mnist_dir)
 
 

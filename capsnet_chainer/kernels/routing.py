@@ -16,9 +16,10 @@ equations they are tested against (the prediction vectors alone are
 Each FunctionNode's backward is a second FunctionNode that computes the gradients; they
 support first-order gradients only (double backpropagation raises). The code uses the
 array module of its inputs, NumPy or CuPy (the tests run both; ``tests/test_gpu.py`` on
-a GPU). Shape letters are those of :mod:`capsnet_chainer` (``T`` types on ``N`` cells,
-``P`` dimensions: with a bias, plus its column of ones, ``P0`` without), with ``Q``
-terms of a gradient.
+a GPU); on CuPy the softmax, the squash and their gradients can each be one CUDA
+kernel (:mod:`~capsnet_chainer.kernels.routing_cuda`). Shape letters are those of
+:mod:`capsnet_chainer` (``T`` types on ``N`` cells, ``P`` dimensions: with a bias, plus
+its column of ones, ``P0`` without), with ``Q`` terms of a gradient.
 
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017.
 """
@@ -31,6 +32,7 @@ from capsnet_chainer.functions import EPS
 from capsnet_chainer.kernels.base import check_map_inputs
 from capsnet_chainer.kernels.base import NoDoubleBackprop
 from capsnet_chainer.kernels.base import with_bias
+from capsnet_chainer.kernels import routing_cuda
 
 
 # --- Routing on given predictions ---------------------------------------------------------
@@ -40,6 +42,8 @@ def _softmax(b, axis, none_of_the_above=False):
     """``softmax(b)`` along ``axis``; with ``none_of_the_above``, over ``b`` and one more
     logit fixed at 0 whose share is dropped (see
     :func:`capsnet_chainer.functions.coupling`)."""
+    if routing_cuda.takes_columns(axis, b):  # one CUDA kernel for the lines below
+        return routing_cuda.softmax(b, none_of_the_above)
     xp = backend.get_array_module(b)
     if not none_of_the_above:
         c = b - b.max(axis=axis, keepdims=True)
@@ -68,6 +72,8 @@ def _softmax_grad(c, gc, axis):
 
     It holds for :func:`_softmax` with ``none_of_the_above`` too, the sum running over
     the real classes only: the dropped category's coupling has no gradient."""
+    if routing_cuda.takes_columns(axis, c, gc):
+        return routing_cuda.softmax_grad(c, gc)
     g = c * gc
     g -= c * g.sum(axis=axis, keepdims=True)
     return g
@@ -76,6 +82,8 @@ def _softmax_grad(c, gc, axis):
 def _squash(s):
     """``v = s |s| / (1 + |s|^2)`` on the last axis; returns ``v`` and what the backward
     needs, ``(s, |s|^2, |s|)``."""
+    if routing_cuda.takes_capsules(s):
+        return routing_cuda.squash(s, EPS)
     xp = backend.get_array_module(s)
     sq = (s * s).sum(axis=-1, keepdims=True)
     norm = xp.sqrt(sq + s.dtype.type(EPS))
@@ -86,6 +94,8 @@ def _squash(s):
 def _squash_grad(saved, gv):
     """Gradient of :func:`_squash` for ``gv``, as autograd through the formula gives it."""
     s, sq, norm = saved
+    if routing_cuda.takes_capsules(s, sq, norm, gv):
+        return routing_cuda.squash_grad(saved, gv)
     one_sq = 1 + sq
     s_gv = (s * gv).sum(axis=-1, keepdims=True)
     return gv * (norm / one_sq) + s * (s_gv * (1 / (norm * one_sq) - 2 * norm / one_sq ** 2))
