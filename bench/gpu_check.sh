@@ -18,7 +18,9 @@
 #   profile     bench/profile_gpu.py within $PROFILE_S seconds: train.py -g 0 itself,
 #               its steps split into phases, a CUPTI count of launches and syncs, the
 #               benchmark's variants over 5 epochs, the peer's real epochs ($PEER:
-#               eager, compile, reduce-overhead, max-autotune), nvidia-smi all along:
+#               eager, compile, reduce-overhead, max-autotune), nvidia-smi all along,
+#               with the new GPU paths on in train.py except those whose gpu tests
+#               failed in this call's tests phase (OUT/tests_gpu.xml):
 #               OUT/profile.json, OUT/profile_report.md (bench/report.py's tables),
 #               OUT/profile_console.txt
 #   long-start  the used-by training command in the background (train.py -g 0 --save
@@ -140,6 +142,7 @@ for phase in "${PHASES[@]}"; do
         # shellcheck disable=SC2086
         $PY bench/profile_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" "${PROFILE_SMALL[@]}" \
             ${PEER:+--peer "$PEER"} --deadline-s "${PROFILE_S:-480}" \
+            --tests-xml "$OUT/tests_gpu.xml" \
             --json "$OUT/profile.json" ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile_console.txt"
         $PY bench/report.py "$OUT/profile.json" >"$OUT/profile_report.md" &&
             cat "$OUT/profile_report.md"

@@ -35,7 +35,9 @@ stopped there and recorded so):
 7. ``train_py_host``: ``train.py`` again on the default path: the training set on the
    host, CuPy's im2col copy and routing operations, and the non-finite check's sync per
    step (``RESIDENT_ON_GPU``, ``conv_cuda.ENABLED``, ``routing_cuda.ENABLED`` and
-   ``DEFERRED_CHECK_ON_GPU`` off), which ``train_py`` switches on.
+   ``DEFERRED_CHECK_ON_GPU`` off), which ``train_py`` switches on: the paths of
+   :data:`GPU_PATHS` in ``--paths``, less those whose gpu tests failed in
+   ``--tests-xml`` (the JSON says which were on).
 
 The parts run in the order of :data:`PARTS` (the most needed first); ``--parts`` picks
 some (a second call on the same machine runs those the first had no time for, and
@@ -77,6 +79,46 @@ PEER_MODES = {
     'reduce-overhead': ['--compile-mode', 'reduce-overhead'],
     'max-autotune': ['--compile-mode', 'max-autotune'],
 }
+#: The GPU paths that are off by default until measured, which ``train_py`` switches on
+#: (``train_py_host`` leaves them off): name -> the test files whose gpu tests check it.
+GPU_PATHS = {
+    'resident': ('tests/datasets/test_resident.py',),
+    'conv_cuda': ('tests/kernels/test_conv_cuda.py',),
+    'routing_cuda': ('tests/kernels/test_routing_cuda.py',),
+    'deferred_check': ('tests/training/test_gated_adam.py', 'tests/training/test_updater.py'),
+}
+
+
+def paths_on(names, tests_xml=None):
+    """``(on, off)``: the paths of ``names`` (a comma list of :data:`GPU_PATHS`) to
+    switch on, and ``{name: why}`` of those left off: those whose tests failed or
+    erred in the JUnit file ``tests_xml`` (the gpu tests of the same call), so that a
+    broken kernel costs its own figures only."""
+    import xml.etree.ElementTree as ElementTree
+    wanted = [n for n in names.split(',') if n]
+    unknown = set(wanted) - set(GPU_PATHS)
+    if unknown:
+        raise ValueError('unknown --paths {}; choose from {}'.format(
+            ', '.join(sorted(unknown)), ', '.join(GPU_PATHS)))
+    failed = []  # (the test's module and class, its name)
+    if tests_xml and os.path.exists(tests_xml):
+        for case in ElementTree.parse(tests_xml).iter('testcase'):
+            if case.find('failure') is not None or case.find('error') is not None:
+                failed.append((case.get('classname', ''), case.get('name')))
+    on, off = [], {}
+    for name in wanted:
+        modules = [f[:-3].replace('/', '.') for f in GPU_PATHS[name]]
+        modules += [m.partition('.')[2] for m in modules]  # without 'tests.' too
+        bad = [test for where, test in failed
+               if any(where == m or where.startswith(m + '.') for m in modules)]
+        if bad:
+            off[name] = 'its gpu tests failed: {}'.format(', '.join(bad[:3]))
+        else:
+            on.append(name)
+    off.update({n: 'not in --paths' for n in GPU_PATHS if n not in wanted})
+    return on, off
+
+
 #: The parts, most needed first: (name, at most seconds, at least seconds left to
 #: start it).
 PARTS = (
@@ -206,9 +248,13 @@ def train_py_worker(args):
     from capsnet_chainer.training.updater import ConverterStateUpdater
     from capsnet_chainer.kernels import conv_cuda
     from capsnet_chainer.kernels import routing_cuda
-    # The new GPU paths (off by default until measured), or the old path with --host-data
-    distributed.RESIDENT_ON_GPU = conv_cuda.ENABLED = not args.host_data
-    distributed.DEFERRED_CHECK_ON_GPU = routing_cuda.ENABLED = not args.host_data
+    # The new GPU paths (off by default until measured) whose tests passed, or the old
+    # path with --host-data
+    on = [] if args.host_data else [p for p in args.paths.split(',') if p]
+    distributed.RESIDENT_ON_GPU = 'resident' in on
+    conv_cuda.ENABLED = 'conv_cuda' in on
+    routing_cuda.ENABLED = 'routing_cuda' in on
+    distributed.DEFERRED_CHECK_ON_GPU = 'deferred_check' in on
     device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
     n_train = args.n_train or 60000
     steps = -(-n_train // args.batchsize)
@@ -237,7 +283,8 @@ def train_py_worker(args):
         profile.finish()
         with open(os.path.join(tmp, 'result', 'log')) as f:
             log = json.load(f)
-    out = {'argv': argv, 'resident': not args.host_data, 'wall_s': wall, 'log': log,
+    out = {'argv': argv, 'paths_on': on, 'resident': 'resident' in on, 'wall_s': wall,
+           'log': log,
            'steps_per_epoch': steps, 'device_steps': list(device_steps)
            if not args.cupti_steps else [],
            'summary': profile.summary(skip_epochs=1 if args.epochs > 1 else 0),
@@ -432,6 +479,7 @@ def train_py_cmd(args, epochs, host_data=False, cupti=None, n_train=None, n_test
             cmd += [flag, str(value)]
     if host_data:
         cmd.append('--host-data')
+    cmd += ['--paths', ','.join(args.paths_on) or 'none']
     if args.precision:
         cmd += ['--precision', args.precision]
     if cupti:
@@ -629,9 +677,16 @@ def main():
     parser.add_argument('--json', default=None, help='write the figures here')
     parser.add_argument('--precision', default=None,
                         help='train.py --precision (float32, tf32) for its parts')
+    parser.add_argument('--paths', default=','.join(GPU_PATHS),
+                        help='the GPU paths train_py switches on (comma-separated, of {}; '
+                             'none: none)'.format(', '.join(GPU_PATHS)))
+    parser.add_argument('--tests-xml', default=None,
+                        help="the gpu tests' JUnit file: paths whose tests failed stay off")
     parser.add_argument('--host-data', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--worker-json', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.paths == 'none':
+        args.paths = ''
     if args.worker_json:
         args.epochs = args.train_epochs
         if isinstance(args.cupti_steps, str) and ':' in args.cupti_steps:
@@ -652,9 +707,18 @@ def main():
             from capsnet_chainer.fileio import write_atomic
             write_atomic(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
 
+    try:
+        args.paths_on, paths_off = paths_on(args.paths, args.tests_xml)
+    except ValueError as e:
+        parser.error(str(e))
     report = {'what': 'bench/profile_gpu.py', 'argv': sys.argv[1:],
-              'host': host_record(args.gpu), 'smi_start': read_smi()}
+              'host': host_record(args.gpu), 'smi_start': read_smi(),
+              'paths_on': args.paths_on, 'paths_off': paths_off}
     print('Host: ' + json.dumps(report['host']), flush=True)
+    print('GPU paths on in train_py: {}; off: {}'.format(
+        ', '.join(args.paths_on) or 'none',
+        '; '.join('{} ({})'.format(k, v) for k, v in paths_off.items()) or 'none'),
+        flush=True)
     write(report)
     run_parts(args, report, write)
     write(report)

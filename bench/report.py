@@ -108,9 +108,11 @@ def clean_epochs(part):
 def train_py_section(report):
     parts = report.get('parts', {})
     rows = []
-    for name, title in (('train_py', 'training set on the GPU (today\'s default)'),
-                        ('train_py_host', 'training set on the host (as before)')):
+    for name, title in (('train_py', 'the new GPU paths on'),
+                        ('train_py_host', 'today\'s default: those paths off')):
         p = parts.get(name)
+        if name == 'train_py' and p and 'paths_on' in p:
+            title = 'the new GPU paths on: {}'.format(', '.join(p['paths_on']) or 'none')
         if not p or 'log' not in p:
             if p:
                 rows.append((title, p.get('error', 'failed'), '', '', '', ''))
@@ -129,6 +131,10 @@ def train_py_section(report):
                   'of which updates, s', 'the rest, s', 'test accuracy at the end'), rows),
            '', 'Clean epochs: after the first (which compiles CuPy\'s kernels) and without '
            'the device steps (whose GPU work is queued behind busy work).']
+    off = report.get('paths_off') or {}
+    if any(why != 'not in --paths' for why in off.values()):
+        out += ['', 'Left off: ' + '; '.join('{} ({})'.format(k, v) for k, v in off.items()
+                                             if v != 'not in --paths') + '.']
     return '\n'.join(out)
 
 

@@ -140,6 +140,49 @@ def test_report_renders_every_table():
     assert '| goal, float32 | 3.0 | 2.0x |' in text
 
 
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.kernels.test_routing_cuda.TestTwins_param_0_" name="test_softmax">
+<failure message="boom">boom</failure></testcase>
+<testcase classname="tests.kernels.test_conv_cuda" name="test_fine"/>
+<testcase classname="tests.kernels.test_conv_cudax" name="test_of_another_file">
+<failure message="boom">boom</failure></testcase>
+<testcase classname="training.test_updater" name="test_deferred[@cupy:0]">
+<error message="oops">oops</error></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_the_paths_whose_gpu_tests_failed_stay_off(tmp_path):
+    xml = tmp_path / 'tests_gpu.xml'
+    xml.write_text(JUNIT)
+    every = ','.join(profile_gpu.GPU_PATHS)
+    on, off = profile_gpu.paths_on(every, str(xml))
+    assert on == ['resident', 'conv_cuda']
+    assert off == {'routing_cuda': 'its gpu tests failed: test_softmax',
+                   'deferred_check': 'its gpu tests failed: test_deferred[@cupy:0]'}
+    # no report (the tests did not run): every path asked for
+    assert profile_gpu.paths_on(every, str(tmp_path / 'none.xml')) == (
+        list(profile_gpu.GPU_PATHS), {})
+    on, off = profile_gpu.paths_on('conv_cuda', None)
+    assert on == ['conv_cuda'] and off['resident'] == 'not in --paths'
+    with pytest.raises(ValueError, match='unknown --paths cuda'):
+        profile_gpu.paths_on('cuda', None)
+    # each path's test files exist
+    for files in profile_gpu.GPU_PATHS.values():
+        for f in files:
+            assert os.path.exists(os.path.join(REPO, f)), f
+
+
+def test_the_report_names_the_paths_on_and_those_left_off():
+    r = fake_report()
+    r['parts']['train_py']['paths_on'] = ['resident', 'conv_cuda']
+    r['paths_off'] = {'routing_cuda': 'its gpu tests failed: test_softmax',
+                      'deferred_check': 'not in --paths'}
+    text = report.render(r)
+    assert '| the new GPU paths on: resident, conv_cuda |' in text
+    assert 'Left off: routing_cuda (its gpu tests failed: test_softmax).' in text
+
+
 def test_report_of_a_cpu_check_or_a_failed_part():
     r = fake_report()
     r['parts']['train_py'] = {'error': 'stopped at its 180 s'}
