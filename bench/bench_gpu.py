@@ -60,11 +60,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 #: convolution's im2col and col2im as one CUDA kernel each, the default; ``False``:
 #: CuPy's strided copy and slice additions), ``routing_cuda`` (the routing's softmax,
 #: squash and their gradients as one CUDA kernel each, the default; ``False``: CuPy's
-#: array operations).
+#: array operations), ``margin_loss`` (the capsules' lengths and margin loss in one
+#: node, the default; ``False``: the plain equations).
 VARIANTS = {
     'default': {},
     'im2col-copy': {'conv_cuda': False},
     'routing-ops': {'routing_cuda': False},
+    'plain-loss': {'margin_loss': False},
     'chainer-conv': {'fast_on_gpu': False},
     'no-finite-check': {'check_finite': False},
     'deferred-check': {'defer_check': True},
@@ -253,6 +255,7 @@ def worker(args, variant):
     from capsnet_chainer import CapsNet
     from capsnet_chainer import links
     from capsnet_chainer.kernels import conv_cuda
+    from capsnet_chainer.kernels import margin_loss as margin_kernel
     from capsnet_chainer.kernels import routing_cuda
     from capsnet_chainer.training import distributed
     from capsnet_chainer.training.gated_adam import GatedAdam
@@ -265,6 +268,7 @@ def worker(args, variant):
     links.Convolution2D.fast_on_gpu = settings.get('fast_on_gpu', True)
     conv_cuda.ENABLED = settings.get('conv_cuda', True)
     routing_cuda.ENABLED = settings.get('routing_cuda', True)
+    margin_kernel.ENABLED = settings.get('margin_loss', True)
     type_check = settings.get('type_check', 'once')
     chainer.config.type_check = bool(type_check)
     gpu = args.gpu >= 0

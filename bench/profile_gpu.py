@@ -33,9 +33,10 @@ stopped there and recorded so):
    ``--compile``, ``--compile-mode reduce-overhead``, ``--compile-mode max-autotune``
    (the last after ``train_py_host``: its autotuning may take minutes);
 7. ``train_py_host``: ``train.py`` again on the default path: the training set on the
-   host, CuPy's im2col copy and routing operations, and the non-finite check's sync per
-   step (``RESIDENT_ON_GPU``, ``conv_cuda.ENABLED``, ``routing_cuda.ENABLED`` and
-   ``DEFERRED_CHECK_ON_GPU`` off), which ``train_py`` switches on: the paths of
+   host, CuPy's im2col copy and routing operations, the plain margin loss and the
+   non-finite check's sync per step (``RESIDENT_ON_GPU``, ``conv_cuda.ENABLED``,
+   ``routing_cuda.ENABLED``, ``margin_loss.ENABLED`` and ``DEFERRED_CHECK_ON_GPU`` off),
+   which ``train_py`` switches on: the paths of
    :data:`GPU_PATHS` in ``--paths``, less those whose gpu tests failed in
    ``--tests-xml`` (the JSON says which were on).
 
@@ -85,6 +86,7 @@ GPU_PATHS = {
     'resident': ('tests/datasets/test_resident.py',),
     'conv_cuda': ('tests/kernels/test_conv_cuda.py',),
     'routing_cuda': ('tests/kernels/test_routing_cuda.py',),
+    'margin_loss': ('tests/kernels/test_margin_loss.py',),
     'deferred_check': ('tests/training/test_gated_adam.py', 'tests/training/test_updater.py'),
 }
 
@@ -247,6 +249,7 @@ def train_py_worker(args):
     from capsnet_chainer.training import distributed
     from capsnet_chainer.training.updater import ConverterStateUpdater
     from capsnet_chainer.kernels import conv_cuda
+    from capsnet_chainer.kernels import margin_loss as margin_kernel
     from capsnet_chainer.kernels import routing_cuda
     # The new GPU paths (off by default until measured) whose tests passed, or the old
     # path with --host-data
@@ -254,6 +257,7 @@ def train_py_worker(args):
     distributed.RESIDENT_ON_GPU = 'resident' in on
     conv_cuda.ENABLED = 'conv_cuda' in on
     routing_cuda.ENABLED = 'routing_cuda' in on
+    margin_kernel.ENABLED = 'margin_loss' in on
     distributed.DEFERRED_CHECK_ON_GPU = 'deferred_check' in on
     device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
     n_train = args.n_train or 60000

@@ -16,6 +16,7 @@ from capsnet_chainer.functions import reconstruction_loss
 from capsnet_chainer.functions import two_digit_margin_loss
 from capsnet_chainer.functions import two_digit_reconstruction_loss
 from capsnet_chainer import inference
+from capsnet_chainer.kernels import margin_loss as margin_kernel
 from capsnet_chainer.links import Convolution2D
 from capsnet_chainer.links import DEFAULT_INITIALW
 from capsnet_chainer.links import Decoder
@@ -199,8 +200,11 @@ class CapsNet(chainer.Chain):
         if t.ndim == 2:
             return self._pair_loss(x, t, digits)
         v = self.digit_capsules(x)  # (B, J, D)
-        lengths = capsule_length(v)  # (B, J)
-        loss = margin_loss(lengths, t)
+        if self.fast_kernels and margin_kernel.supports(v.array):  # one node, on a GPU
+            loss, lengths = margin_kernel.margin_loss(v, t)
+        else:
+            lengths = capsule_length(v)  # (B, J)
+            loss = margin_loss(lengths, t)
         report = {'loss/margin': loss, 'accuracy': F.accuracy(lengths, t)}
         if self.reconstruct:
             labels = t

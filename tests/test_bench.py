@@ -157,7 +157,7 @@ def test_the_paths_whose_gpu_tests_failed_stay_off(tmp_path):
     xml.write_text(JUNIT)
     every = ','.join(profile_gpu.GPU_PATHS)
     on, off = profile_gpu.paths_on(every, str(xml))
-    assert on == ['resident', 'conv_cuda']
+    assert on == ['resident', 'conv_cuda', 'margin_loss']
     assert off == {'routing_cuda': 'its gpu tests failed: test_softmax',
                    'deferred_check': 'its gpu tests failed: test_deferred[@cupy:0]'}
     # no report (the tests did not run): every path asked for

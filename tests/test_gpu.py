@@ -23,6 +23,7 @@ from capsnet_chainer import links
 from capsnet_chainer.datasets.mnist import get_mnist
 from capsnet_chainer.kernels import conv as conv_kernel
 from capsnet_chainer.kernels import conv_cuda
+from capsnet_chainer.kernels import margin_loss as margin_kernel
 from capsnet_chainer.kernels import prediction as prediction_kernel
 from capsnet_chainer.kernels import routing as routing_kernels
 from capsnet_chainer.kernels import routing_cuda
@@ -211,10 +212,12 @@ def test_gpu_training_steps_match_the_cpu(cupy_device, mnist_dir, monkeypatch,
     """5 Adam steps with reconstruction, from the same weights on the same 16-digit
     batches, in lockstep: the losses, gradients and weights agree to float32
     tolerance, with either convolution on the GPU, and with the CUDA kernels of the
-    convolution's im2col and col2im and of the routing's element-wise steps."""
+    convolution's im2col and col2im, the routing's element-wise steps and the margin
+    loss."""
     monkeypatch.setattr(links.Convolution2D, 'fast_on_gpu', fast_on_gpu)
     monkeypatch.setattr(conv_cuda, 'ENABLED', cuda_kernels)
     monkeypatch.setattr(routing_cuda, 'ENABLED', cuda_kernels)
+    monkeypatch.setattr(margin_kernel, 'ENABLED', cuda_kernels)
     assert_training_matches(chainer.get_device('@numpy'), cupy_device, mnist_dir)
 
 

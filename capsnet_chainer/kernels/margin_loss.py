@@ -1,0 +1,227 @@
+"""The margin loss on the digit capsules (Eq. 4 of the paper), one FunctionNode.
+
+:class:`CapsNet`'s loss takes the capsules' lengths (:func:`~capsnet_chainer.functions.
+capsule_length`) and their margin loss (:func:`~capsnet_chainer.functions.margin_loss`):
+about 16 Chainer functions forward and as many backward, each with its own launches on
+a GPU, where the host's time per step bounds the step. :func:`margin_loss` computes
+both in one node: on CuPy arrays one CUDA kernel per image forward (the lengths and the
+image's loss), a sum over the batch, and one kernel per capsule backward; on NumPy
+arrays the same arithmetic in array operations (what the tests check against the plain
+equations, and with Chainer's gradient check). The model uses it on a GPU only, once
+:data:`ENABLED` is on; the CPU keeps the plain equations.
+
+.. math::
+    L = \\frac{1}{B} \\sum_b \\sum_k T_k \\max(0, m^+ - \\|v_k\\|)^2
+        + \\lambda (1 - T_k) \\max(0, \\|v_k\\| - m^-)^2,
+    \\qquad \\|v_k\\| = \\sqrt{|v_k|^2 + \\epsilon}
+
+Its gradient, ``dL/dv_k = dL/d|v_k| * v_k / |v_k|``, is a second node; it supports
+first-order gradients only.
+
+.. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017.
+"""
+
+import numpy
+from chainer import backend
+from chainer import function_node
+from chainer.backends import cuda
+from chainer.utils import type_check
+
+from capsnet_chainer.functions import EPS
+from capsnet_chainer.kernels.base import NoDoubleBackprop
+
+#: Use the node on CuPy arrays in :class:`~capsnet_chainer.model.CapsNet`'s loss
+#: (``False``: the plain equations). Off until its gpu tests have passed on a GPU and
+#: its speed is measured there (bench/README.md, "Prepared, not yet measured").
+ENABLED = False
+THREADS = 128
+MAX_BLOCKS = 2 ** 16
+TYPES = {numpy.dtype(numpy.float32): 'float', numpy.dtype(numpy.float64): 'double'}
+
+#: Thread ``b`` is image ``b`` of capsules ``v`` ``(B, J, D)`` (element strides ``sb,
+#: sj, sd``) with label ``t[b]``: its ``J`` lengths, and its loss summed over the classes.
+FORWARD_SOURCE = r'''
+extern "C" __global__ void capsnet_margin_loss_{T}(
+        const {T}* __restrict__ v, const int* __restrict__ t, {T}* __restrict__ lengths,
+        {T}* __restrict__ per_image, long long B, int J, int D, long long sb,
+        long long sj, long long sd, {T} m_plus, {T} m_minus, {T} lambda_, {T} eps) {
+    for (long long b = blockIdx.x * (long long)blockDim.x + threadIdx.x; b < B;
+         b += (long long)blockDim.x * gridDim.x) {
+        int label = t[b];
+        {T} total = 0;
+        for (int j = 0; j < J; ++j) {
+            const {T}* x = v + b * sb + j * sj;
+            {T} q = 0;
+            for (int d = 0; d < D; ++d) q += x[d * sd] * x[d * sd];
+            {T} len = sqrt(q + eps);
+            lengths[b * J + j] = len;
+            if (j == label) {
+                {T} r = m_plus - len;
+                r = r > 0 ? r : 0;
+                total += r * r;
+            } else {
+                {T} r = len - m_minus;
+                r = r > 0 ? r : 0;
+                total += lambda_ * (r * r);
+            }
+        }
+        per_image[b] = total;
+    }
+}
+'''
+#: Thread ``i`` is capsule ``(b, j) = divmod(i, J)``: ``gv = (dL/d|v|) v / |v|``, with
+#: ``dL/d|v|`` from the loss's gradient ``g_loss[0] / B`` and, with ``has_gl``, the
+#: lengths' own gradient ``g_lengths[i]``.
+BACKWARD_SOURCE = r'''
+extern "C" __global__ void capsnet_margin_loss_grad_{T}(
+        const {T}* __restrict__ v, const int* __restrict__ t,
+        const {T}* __restrict__ lengths, const {T}* __restrict__ g_loss,
+        const {T}* __restrict__ g_lengths, {T}* __restrict__ gv, long long n, int J,
+        int D, long long sb, long long sj, long long sd, {T} m_plus, {T} m_minus,
+        {T} lambda_, {T} inv_batch, int has_gl) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        long long b = i / J;
+        int j = (int)(i % J);
+        {T} len = lengths[i];
+        {T} g = 0;
+        if (j == t[b]) {
+            {T} r = m_plus - len;
+            if (r > 0) g = -2 * r;
+        } else {
+            {T} r = len - m_minus;
+            if (r > 0) g = lambda_ * (2 * r);
+        }
+        g = g * (g_loss[0] * inv_batch);
+        if (has_gl) g += g_lengths[i];
+        {T} k = g / len;
+        const {T}* x = v + b * sb + j * sj;
+        for (int d = 0; d < D; ++d) gv[i * D + d] = x[d * sd] * k;
+    }
+}
+'''
+
+
+def kernel_source(which, dtype):
+    """``(source, name)`` of ``'forward'`` or ``'backward'`` for ``dtype``."""
+    ctype = TYPES[numpy.dtype(dtype)]
+    source = FORWARD_SOURCE if which == 'forward' else BACKWARD_SOURCE
+    name = 'capsnet_margin_loss_{}{}'.format('' if which == 'forward' else 'grad_', ctype)
+    return source.replace('{T}', ctype), name
+
+
+def supports(v):
+    """Whether the model computes its loss with :func:`margin_loss`: CuPy capsules of a
+    dtype of :data:`TYPES`, with :data:`ENABLED`."""
+    return (ENABLED and backend.get_array_module(v) is not numpy and v.dtype in TYPES)
+
+
+def _strides(v):
+    return tuple(numpy.int64(s // v.itemsize) for s in v.strides)
+
+
+def _launch(which, dtype, n, args):
+    source, name = kernel_source(which, dtype)
+    blocks = max(1, min(-(-n // THREADS), MAX_BLOCKS))
+    cuda.raw(source, name)((blocks,), (THREADS,), args)
+
+
+class MarginLoss(function_node.FunctionNode):
+    """``(loss, lengths)`` of capsules ``v`` ``(B, J, D)`` and labels ``t`` ``(B,)``."""
+
+    def __init__(self, m_plus=0.9, m_minus=0.1, lambda_=0.5):
+        self.constants = m_plus, m_minus, lambda_
+
+    def check_type_forward(self, in_types):
+        type_check.expect(in_types.size() == 2)
+        v_type, t_type = in_types
+        type_check.expect(v_type.dtype.kind == 'f', v_type.ndim == 3,
+                          t_type.dtype == numpy.int32, t_type.ndim == 1,
+                          t_type.shape[0] == v_type.shape[0])
+
+    def forward(self, inputs):
+        self.retain_inputs((0, 1))
+        self.retain_outputs((1,))
+        v, t = inputs
+        xp = backend.get_array_module(v)
+        B, J, D = v.shape
+        m_plus, m_minus, lambda_ = (v.dtype.type(c) for c in self.constants)
+        if xp is numpy:
+            lengths = numpy.sqrt((v * v).sum(axis=2) + v.dtype.type(EPS))  # (B, J)
+            present = numpy.arange(J) == t[:, None]
+            absent = numpy.maximum(lengths - m_minus, 0)
+            terms = numpy.where(present, numpy.maximum(m_plus - lengths, 0) ** 2,
+                                lambda_ * (absent * absent))
+            per_image = terms.sum(axis=1)
+        else:
+            lengths = xp.empty((B, J), v.dtype)
+            per_image = xp.empty((B,), v.dtype)
+            if B:
+                _launch('forward', v.dtype, B, (
+                    v, t, lengths, per_image, numpy.int64(B), numpy.int32(J),
+                    numpy.int32(D)) + _strides(v) + (m_plus, m_minus, lambda_,
+                                                     v.dtype.type(EPS)))
+        loss = per_image.sum() / v.dtype.type(max(B, 1))
+        return xp.asarray(loss, v.dtype), lengths
+
+    def backward(self, indexes, grad_outputs):
+        v, t = self.get_retained_inputs()
+        lengths, = self.get_retained_outputs()
+        g_loss, g_lengths = grad_outputs
+        if g_loss is None and g_lengths is None:
+            return None, None
+        grad = MarginLossGrad(t.array, self.constants, g_loss is not None,
+                              g_lengths is not None)
+        inputs = [v, lengths] + [g for g in (g_loss, g_lengths) if g is not None]
+        return grad.apply(inputs)[0], None
+
+
+class MarginLossGrad(NoDoubleBackprop):
+    """The gradient of :class:`MarginLoss` with respect to ``v``: inputs ``v``,
+    ``lengths`` and the given ones of ``g_loss`` and ``g_lengths``."""
+
+    def __init__(self, t, constants, has_g_loss, has_g_lengths):
+        self.t = t
+        self.constants = constants
+        self.has = has_g_loss, has_g_lengths
+
+    def forward(self, inputs):
+        v, lengths = inputs[:2]
+        rest = list(inputs[2:])
+        g_loss = rest.pop(0) if self.has[0] else None
+        g_lengths = rest.pop(0) if self.has[1] else None
+        xp = backend.get_array_module(v)
+        B, J, D = v.shape
+        m_plus, m_minus, lambda_ = (v.dtype.type(c) for c in self.constants)
+        inv_batch = v.dtype.type(1) / v.dtype.type(max(B, 1))
+        if g_loss is None:
+            g_loss = xp.zeros((), v.dtype)
+        if xp is numpy:
+            present = numpy.arange(J) == self.t[:, None]
+            g = numpy.where(present, -2 * numpy.maximum(m_plus - lengths, 0),
+                            lambda_ * (2 * numpy.maximum(lengths - m_minus, 0)))
+            g = g * (g_loss * inv_batch)
+            if g_lengths is not None:
+                g = g + g_lengths
+            return v * (g / lengths)[:, :, None],
+        gv = xp.empty((B, J, D), v.dtype)
+        if v.size:
+            lengths = xp.ascontiguousarray(lengths)
+            has_gl = g_lengths is not None
+            g_lengths = xp.ascontiguousarray(g_lengths) if has_gl else lengths
+            _launch('backward', v.dtype, B * J, (
+                v, self.t, lengths, g_loss, g_lengths, gv, numpy.int64(B * J),
+                numpy.int32(J), numpy.int32(D)) + _strides(v) + (
+                m_plus, m_minus, lambda_, inv_batch, numpy.int32(has_gl)))
+        return gv,
+
+
+def margin_loss(v, t, m_plus=0.9, m_minus=0.1, lambda_=0.5):
+    """The margin loss of capsules ``v`` ``(B, J, D)`` for labels ``t`` ``(B,)`` int32,
+    and their lengths: :func:`capsnet_chainer.functions.margin_loss` of
+    :func:`capsnet_chainer.functions.capsule_length` in one node.
+
+    Returns:
+        tuple: ``(loss, lengths)``, a scalar and ``(B, J)`` Variables.
+    """
+    return MarginLoss(m_plus, m_minus, lambda_).apply((v, t))
