@@ -245,7 +245,7 @@ def main(argv=None):
     # and evaluates its part of the test set)
     train_iter, converter = distributed.train_pipeline(data, args.batchsize, args.seed, comm,
                                                        device)
-    test_iter = distributed.test_iterator(data.test, args.test_batchsize, comm)
+    test_iter = distributed.test_iterator(data.test, args.test_batchsize, comm, device)
     updater = ConverterStateUpdater(train_iter, optimizer, converter=converter, device=device,
                                     defer_check=distributed.deferred_check(device, comm))
     trainer = training.Trainer(updater, EpochLimit(args.epoch), out=args.out)
@@ -256,7 +256,8 @@ def main(argv=None):
 
     trainer.extend(distributed.evaluator(test_iter, model, device, comm))
     if data.heldout is not None:
-        heldout_iter = distributed.test_iterator(data.heldout, args.test_batchsize, comm)
+        heldout_iter = distributed.test_iterator(data.heldout, args.test_batchsize, comm,
+                                                 device)
         trainer.extend(distributed.evaluator(heldout_iter, model, device, comm),
                        name='heldout')
     trainer.extend(extensions.ExponentialShift('alpha', args.decay, target=args.min_alpha),

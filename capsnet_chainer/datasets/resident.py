@@ -1,6 +1,6 @@
 """The training set kept on the device and shifted there: :class:`ResidentShift`, the
 converter of :class:`~capsnet_chainer.datasets.augment.RandomShift`'s batches for a
-set that lives on a GPU.
+set that lives on a GPU; and a test set kept there, :class:`ResidentBatches`.
 
 Today's converter concatenates each batch on the host, shifts it there and copies it to
 the device (800 KB a step at batch 256). :class:`ResidentShift` sends the whole set to
@@ -150,3 +150,44 @@ class ResidentShift(RandomShift):
         index = device_plan[:n]
         arrays = (x,) + tuple(a[index] for a in self.arrays[1:])
         return tuple(chainer.dataset.to_device(device, a) for a in arrays)
+
+
+class ResidentBatches(chainer.dataset.Iterator):
+    """A test set kept on ``device``, batch by batch in order, once per :meth:`reset`:
+    the batches of ``SerialIterator(dataset, batch_size, repeat=False, shuffle=False)``
+    as its converter, :func:`~chainer.dataset.concat_examples`, gives them, but as views
+    of arrays sent to the device once, not copied to it batch by batch (on a GPU each
+    copy from pageable host memory can make the host wait for the GPU). Evaluate with
+    :func:`as_batch` as the converter.
+
+    Args:
+        dataset: The ``(x, t, ...)`` examples.
+        batch_size (int): Examples per batch (the last one may hold fewer).
+        device (~chainer.backend.Device): Where to keep them.
+    """
+
+    def __init__(self, dataset, batch_size, device):
+        self.arrays = tuple(device.send(a) for a in example_arrays(dataset))
+        self.batch_size = batch_size
+        self.size = len(dataset)
+        self.reset()
+
+    def __next__(self):
+        start = self.current
+        if start >= self.size:
+            raise StopIteration
+        self.current = min(start + self.batch_size, self.size)
+        return tuple(a[start:self.current] for a in self.arrays)
+
+    def reset(self):
+        self.current = 0
+
+    @property
+    def epoch_detail(self):
+        return self.current / max(self.size, 1)
+
+
+def as_batch(batch, device=None):
+    """The converter of :class:`ResidentBatches`' batches: already arrays on the
+    device, passed on as they are."""
+    return batch

@@ -47,10 +47,13 @@ import time
 import chainer
 import numpy
 from chainer import training
+from chainer.dataset import convert
 from chainer.training import extensions
 
 from capsnet_chainer.datasets.augment import RandomShift
+from capsnet_chainer.datasets.resident import as_batch
 from capsnet_chainer.datasets.resident import index_dataset
+from capsnet_chainer.datasets.resident import ResidentBatches
 from capsnet_chainer.datasets.resident import ResidentShift
 from capsnet_chainer.errors import CapsNetError
 from capsnet_chainer.errors import SettingError
@@ -254,8 +257,19 @@ def deferred_check(device, comm):
     return DEFERRED_CHECK_ON_GPU and comm is None and device.xp is not numpy
 
 
-def test_iterator(dataset, batchsize, comm):
-    """An iterator over this rank's part of ``dataset`` (:func:`shard`), once, in order."""
+def test_iterator(dataset, batchsize, comm, device=None):
+    """An iterator over this rank's part of ``dataset`` (:func:`shard`), once, in order.
+
+    On a GPU in one process, with :data:`RESIDENT_ON_GPU`, a set of at most
+    :data:`RESIDENT_MAX_BYTES` is kept there
+    (:class:`~capsnet_chainer.datasets.resident.ResidentBatches`: the same batches, not
+    copied to the GPU batch by batch); :func:`evaluator` then passes them on as they are.
+    """
+    if (RESIDENT_ON_GPU and comm is None and device is not None and device.xp is not numpy
+            and len(dataset)
+            and sum(numpy.asarray(a).nbytes for a in dataset[0]) * len(dataset)
+            <= RESIDENT_MAX_BYTES):
+        return ResidentBatches(dataset, batchsize, device)
     return chainer.iterators.SerialIterator(shard(dataset, comm), batchsize, repeat=False,
                                             shuffle=False)
 
@@ -349,5 +363,6 @@ def load_snapshot(path, trainer, comm, load):
 
 def evaluator(iterator, model, device, comm):
     """:class:`~chainer.training.extensions.Evaluator`, multi-node under a communicator."""
-    ev = extensions.Evaluator(iterator, model, device=device)
+    converter = as_batch if isinstance(iterator, ResidentBatches) else convert.concat_examples
+    ev = extensions.Evaluator(iterator, model, converter=converter, device=device)
     return ev if comm is None else create_multi_node_evaluator(ev, comm)

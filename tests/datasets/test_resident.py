@@ -1,6 +1,7 @@
 """The training set on the device: ResidentShift's batches are RandomShift's, value for
 value, epoch after epoch and across a snapshot; its CUDA kernel compiles, and its index
-arithmetic, rewritten in NumPy, gives the same images."""
+arithmetic, rewritten in NumPy, gives the same images. The test set on the device:
+ResidentBatches are the SerialIterator's batches, and evaluate the same."""
 
 from types import SimpleNamespace
 
@@ -227,6 +228,83 @@ def test_resident_batches_on_gpu_are_the_cpu_batches(per_image):
     got = batches(on_device, 12, device)
     assert all(type(a).__module__.startswith('cupy') for b in got for a in b)
     assert_same_batches(got, batches(host, 12))
+
+
+# The test set on the device
+
+
+class _Scorer(chainer.Chain):
+    """Reports the mean of ``x`` per class of ``t`` and its count, batch by batch."""
+
+    def forward(self, x, t):
+        chainer.report({'mean': chainer.functions.mean(x), 'n': float(len(t)),
+                        'first': t[0].astype(numpy.float32)}, self)
+        return chainer.functions.mean(x)
+
+
+def serial_batches(dataset, batch):
+    it = chainer.iterators.SerialIterator(dataset, batch, repeat=False, shuffle=False)
+    return [chainer.dataset.concat_examples(b) for b in it]
+
+
+@pytest.mark.parametrize('batch', [8, 37, 50])
+def test_resident_test_batches_are_the_serial_iterators(batch):
+    dataset = image_set(n=37)
+    it = resident.ResidentBatches(dataset, batch, NUMPY)
+    for _ in range(2):  # a pass, then again after reset
+        got = [resident.as_batch(b) for b in it]
+        assert_same_batches(got, serial_batches(dataset, batch))
+        assert it.epoch_detail == 1.0
+        it.reset()
+        assert it.epoch_detail == 0.0
+
+
+def test_an_evaluator_over_them_gives_the_same_results():
+    dataset = image_set(n=23)
+    results = []
+    for resident_on in (False, True):
+        it = (resident.ResidentBatches(dataset, 5, NUMPY) if resident_on else
+              chainer.iterators.SerialIterator(dataset, 5, repeat=False, shuffle=False))
+        converter = resident.as_batch if resident_on else chainer.dataset.concat_examples
+        ev = chainer.training.extensions.Evaluator(it, _Scorer(), converter=converter)
+        results.append([ev() for _ in range(2)])
+    assert results[0] == results[1]
+    assert results[0][0]['main/n'] == 23 / 5  # 5 batches, the last of 3
+
+
+def test_test_iterator_keeps_the_set_on_a_gpu_only(monkeypatch):
+    dataset = image_set(n=11)
+    gpu = SimpleNamespace(xp=SimpleNamespace(), send=lambda a: a)  # a stand-in GPU
+    assert isinstance(distributed.test_iterator(dataset, 4, None, gpu),
+                      chainer.iterators.SerialIterator)  # off until measured
+    monkeypatch.setattr(distributed, 'RESIDENT_ON_GPU', True)
+    it = distributed.test_iterator(dataset, 4, None, gpu)
+    assert isinstance(it, resident.ResidentBatches)
+    ev = distributed.evaluator(it, _Scorer(), None, None)
+    assert ev.converter is resident.as_batch
+    for device, comm in ((NUMPY, None), (None, None), (gpu, SimpleNamespace(rank=0, size=1))):
+        it = distributed.test_iterator(dataset, 4, comm, device)
+        assert isinstance(it, chainer.iterators.SerialIterator)
+        assert distributed.evaluator(it, _Scorer(), None, None).converter \
+            is chainer.dataset.concat_examples
+    monkeypatch.setattr(distributed, 'RESIDENT_MAX_BYTES', 11 * (7 * 7 * 4 + 4) - 1)
+    assert isinstance(distributed.test_iterator(dataset, 4, None, gpu),
+                      chainer.iterators.SerialIterator)
+
+
+@pytest.mark.gpu
+def test_resident_test_batches_on_gpu_evaluate_as_the_host_ones():
+    device = get_device('@cupy:0')
+    dataset = image_set(n=250, size=28)
+    results = []
+    for it in (resident.ResidentBatches(dataset, 100, device),
+               chainer.iterators.SerialIterator(dataset, 100, repeat=False, shuffle=False)):
+        converter = (resident.as_batch if isinstance(it, resident.ResidentBatches)
+                     else chainer.dataset.concat_examples)
+        ev = chainer.training.extensions.Evaluator(it, _Scorer(), converter=converter,
+                                                   device=device)
+        results.append({k: float(v) for k, v in ev().items()})
+    assert results[0] == results[1]
 
 
 testing.run_module(__name__, __file__)
