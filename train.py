@@ -287,8 +287,10 @@ def main(argv=None):
         trainer.extend(AtomicLogReport(trigger=epoch_trigger), name='LogReport')
         losses, accuracies = log_keys(model.reconstruct, protocol.pairs,
                                       data.heldout is not None)
-        trainer.extend(LogPlot(losses, 'loss.png'), name='LossPlot')
-        trainer.extend(LogPlot(accuracies, 'accuracy.png'), name='AccuracyPlot')
+        # The plots at most every 10 s (a GPU epoch takes seconds), and at the end
+        trainer.extend(LogPlot(losses, 'loss.png', min_interval=10), name='LossPlot')
+        trainer.extend(LogPlot(accuracies, 'accuracy.png', min_interval=10),
+                       name='AccuracyPlot')
         trainer.extend(extensions.PrintReport(
             ['epoch'] + losses + accuracies + ['alpha', 'elapsed_time']))
         trainer.extend(extensions.ProgressBar(update_interval=10))

@@ -230,17 +230,37 @@ class LogPlot(training.Extension):
     Args:
         keys (list of str): Log entries to plot.
         filename (str): PNG file name in ``trainer.out``.
+        min_interval (float): Seconds between two drawings at least: epochs that end
+            sooner are drawn with a later one, and the last at the end of training (a
+            drawing takes a tenth of a second, a GPU epoch a few seconds).
     """
 
     trigger = (1, 'epoch')
     priority = training.PRIORITY_READER - 1  # after the log has its new entry
 
-    def __init__(self, keys, filename, log_report='LogReport'):
+    def __init__(self, keys, filename, log_report='LogReport', min_interval=0.0):
         self.keys = list(keys)
         self.filename = filename
         self.log_report = log_report
+        self.min_interval = min_interval
+        self._drawn = None  # when it last drew (time.monotonic())
+        self._pending = None  # the trainer of an epoch not drawn yet
 
     def __call__(self, trainer):
+        now = time.monotonic()
+        if self._drawn is not None and now - self._drawn < self.min_interval:
+            self._pending = trainer
+            return
+        self._drawn, self._pending = now, None
+        self.draw(trainer)
+
+    def finalize(self):
+        if self._pending is not None:
+            trainer, self._pending = self._pending, None
+            self.draw(trainer)
+
+    def draw(self, trainer):
+        """Writes the figure of the log so far."""
         try:
             import matplotlib.pyplot as plt
         except ImportError:

@@ -214,6 +214,33 @@ def test_log_and_its_plot_are_written_atomically_every_epoch(tmp_path):
     assert matplotlib.image.imread(str(tmp_path / 'loss.png')).shape[2] in (3, 4)
 
 
+def test_log_plot_draws_at_most_every_min_interval_and_at_the_end(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(extensions.time, 'monotonic', lambda: clock[0])
+    log = SimpleNamespace(log=[])
+    trainer = SimpleNamespace(out=str(tmp_path), get_extension=lambda name: log)
+    plot = extensions.LogPlot(['main/loss'], 'loss.png', min_interval=10)
+    drawn = []
+    monkeypatch.setattr(plot, 'draw', lambda t: drawn.append(len(log.log)))
+    for epoch, seconds in enumerate([0, 3, 3, 3, 3, 12], 1):  # epochs' ends
+        clock[0] += seconds
+        log.log.append({'epoch': epoch, 'main/loss': 1.0 / epoch})
+        plot(trainer)
+    assert drawn == [1, 5, 6]  # at 100 s, 112 s (10 s on), 124 s
+    plot.finalize()
+    assert drawn == [1, 5, 6]  # nothing left to draw
+    clock[0] += 1
+    log.log.append({'epoch': 7, 'main/loss': 0.1})
+    plot(trainer)
+    plot.finalize()  # the last epoch, drawn at the end
+    assert drawn == [1, 5, 6, 7]
+    every = extensions.LogPlot(['main/loss'], 'loss.png')  # min_interval 0: every epoch
+    monkeypatch.setattr(every, 'draw', lambda t: drawn.append('every'))
+    every(trainer)
+    every(trainer)
+    assert drawn[-2:] == ['every', 'every']
+
+
 def test_log_plot_that_cannot_be_written_warns_and_goes_on(tmp_path, capsys):
     log = SimpleNamespace(log=[{'epoch': 1, 'main/loss': 0.5}])
     trainer = SimpleNamespace(out=str(tmp_path / 'missing'),
