@@ -72,39 +72,42 @@ def _assert_same(a, b):
         numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@testing.parameterize(*testing.product({'device': ['@numpy', '@cupy:0']}))
-class TestGatedAdam(object):
+#: The devices of each test: the CPU, and a GPU where there is one
+DEVICES = ['@numpy', pytest.param('@cupy:0', marks=pytest.mark.gpu)]
 
-    @pytest.fixture(autouse=True)
-    def marks(self, request):
-        if self.device.startswith('@cupy'):
-            request.applymarker(pytest.mark.gpu)
 
-    def test_without_a_gate_it_is_adam_bit_for_bit(self):
-        device = get_device(self.device)
-        want = _train(chainer.optimizers.Adam, device)
-        for got, expected in zip(_train(GatedAdam, device), want):
-            _assert_same(got, expected)
+@pytest.mark.parametrize('device', DEVICES)
+def test_without_a_gate_it_is_adam_bit_for_bit(device):
+    device = get_device(device)
+    want = _train(chainer.optimizers.Adam, device)
+    for got, expected in zip(_train(GatedAdam, device), want):
+        _assert_same(got, expected)
 
-    def test_an_open_gate_is_adam_bit_for_bit(self):
-        device = get_device(self.device)
-        want = _train(chainer.optimizers.Adam, device)
-        for got, expected in zip(_train(GatedAdam, device, gate=_Gate()), want):
-            _assert_same(got, expected)
 
-    def test_a_closed_gate_leaves_weights_and_moments_as_they_were(self):
-        device = get_device(self.device)
-        history = _train(GatedAdam, device, gate=_Gate(), closed=(3, 4))
-        _assert_same(history[2], history[1])
-        _assert_same(history[3], history[1])
-        moved = [k for k in history[4] if (history[4][k] != history[3][k]).any()]
-        assert len(moved) == len(history[4])  # open again: every array moves
+@pytest.mark.parametrize('device', DEVICES)
+def test_an_open_gate_is_adam_bit_for_bit(device):
+    device = get_device(device)
+    want = _train(chainer.optimizers.Adam, device)
+    for got, expected in zip(_train(GatedAdam, device, gate=_Gate()), want):
+        _assert_same(got, expected)
 
-    def test_a_gate_of_none_updates(self):
-        device = get_device(self.device)
-        want = _train(chainer.optimizers.Adam, device, n=2)
-        got = _train(GatedAdam, device, gate=_Gate(None), n=2)
-        _assert_same(got[-1], want[-1])
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_closed_gate_leaves_weights_and_moments_as_they_were(device):
+    device = get_device(device)
+    history = _train(GatedAdam, device, gate=_Gate(), closed=(3, 4))
+    _assert_same(history[2], history[1])
+    _assert_same(history[3], history[1])
+    moved = [k for k in history[4] if (history[4][k] != history[3][k]).any()]
+    assert len(moved) == len(history[4])  # open again: every array moves
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_gate_of_none_updates(device):
+    device = get_device(device)
+    want = _train(chainer.optimizers.Adam, device, n=2)
+    got = _train(GatedAdam, device, gate=_Gate(None), n=2)
+    _assert_same(got[-1], want[-1])
 
 
 def _tokens(code):
@@ -169,3 +172,6 @@ def test_its_snapshot_is_adams():
     assert a.keys() == b.keys()
     for key in a:
         numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+testing.run_module(__name__, __file__)
