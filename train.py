@@ -287,7 +287,7 @@ def main(argv=None):
         trainer.extend(AtomicLogReport(trigger=epoch_trigger), name='LogReport')
         losses, accuracies = log_keys(model.reconstruct, protocol.pairs,
                                       data.heldout is not None)
-        # The plots at most every 10 s (a GPU epoch takes seconds), and at the end
+        # The plots at most every 10 s and at the end, not every short GPU epoch
         trainer.extend(LogPlot(losses, 'loss.png', min_interval=10), name='LossPlot')
         trainer.extend(LogPlot(accuracies, 'accuracy.png', min_interval=10),
                        name='AccuracyPlot')

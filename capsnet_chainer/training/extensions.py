@@ -231,8 +231,8 @@ class LogPlot(training.Extension):
         keys (list of str): Log entries to plot.
         filename (str): PNG file name in ``trainer.out``.
         min_interval (float): Seconds between two drawings at least: epochs that end
-            sooner are drawn with a later one, and the last at the end of training (a
-            drawing takes a tenth of a second, a GPU epoch a few seconds).
+            sooner are drawn with a later one, and the last at the end of training (on
+            a GPU, drawing every epoch would take a share of each short epoch).
     """
 
     trigger = (1, 'epoch')
