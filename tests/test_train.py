@@ -99,27 +99,42 @@ def test_resume_continues_to_the_same_weights(tiny_runs):
         assert without_time([a]) == without_time([b])
 
 
-def test_the_deferred_check_trains_the_same_run(tiny_runs, mnist_dir, tmp_path, monkeypatch):
-    """train.py with its non-finite check deferred (GatedAdam skipping on the device,
-    the verdict read a step late), as a GPU run once it is switched on: the same
-    weights and log as the straight run, bit for bit, on the CPU."""
-    verdicts = []
+def test_the_gpu_paths_wiring_trains_the_same_run(tiny_runs, mnist_dir, tmp_path,
+                                                  monkeypatch):
+    """train.py with the GPU paths that are not CUDA code forced on the CPU: the training
+    and test sets "resident" (ResidentShift, ResidentBatches) and the non-finite check
+    deferred (GatedAdam skipping on the device, the verdict read a step late). The same
+    weights and log as the straight run, bit for bit: what a GPU run with them switched
+    on computes, less its kernels."""
+    verdicts, made = [], []
 
     class Counted(nonfinite._Verdict):
         def __init__(self, *args):
             verdicts.append(args[-1])
             super().__init__(*args)
 
+    def counting(cls):
+        class Counting(cls):
+            def __init__(self, *args):
+                made.append(cls.__name__)
+                super().__init__(*args)
+        return Counting
+
+    for name in ('ResidentShift', 'ResidentBatches'):
+        monkeypatch.setattr(distributed, name, counting(getattr(distributed, name)))
     monkeypatch.setattr(nonfinite, '_Verdict', Counted)
-    monkeypatch.setattr(distributed, 'deferred_check', lambda device, comm: True)
+    monkeypatch.setattr(distributed, 'on_gpu', lambda device: True)
+    monkeypatch.setattr(distributed, 'RESIDENT_ON_GPU', True)
+    monkeypatch.setattr(distributed, 'DEFERRED_CHECK_ON_GPU', True)
     monkeypatch.chdir(tmp_path)
     load_train_module().main(['--data-dir', mnist_dir] + TINY + ['-e', '2', '--save', 'best'])
+    assert sorted(made) == ['ResidentBatches', 'ResidentShift']
     assert verdicts == [(1, 1), (1, 2), (2, 3), (2, 4)]  # (epoch, iteration), deferred
     straight = snapshot_weights(str(tiny_runs['straight'] / 'result' / 'snapshot_epoch_2'))
-    deferred = snapshot_weights(str(tmp_path / 'result' / 'snapshot_epoch_2'))
-    assert straight.keys() == deferred.keys() and len(straight) > 0
+    forced = snapshot_weights(str(tmp_path / 'result' / 'snapshot_epoch_2'))
+    assert straight.keys() == forced.keys() and len(straight) > 0
     for key in straight:
-        numpy.testing.assert_array_equal(straight[key], deferred[key], err_msg=key)
+        numpy.testing.assert_array_equal(straight[key], forced[key], err_msg=key)
     assert without_time(read_log(str(tmp_path / 'result'))) == without_time(
         read_log(str(tiny_runs['straight'] / 'result')))
 

@@ -211,6 +211,12 @@ def train_iterator(dataset, batchsize, seed, comm):
     return ScatteredBatchIterator(dataset, batchsize, seed, comm.rank, comm.size)
 
 
+def on_gpu(device):
+    """Whether ``device`` is a GPU, where the paths below apply (the tests force them on
+    the CPU by replacing this function)."""
+    return device.xp is not numpy
+
+
 #: Keep the training set on the GPU and shift it there (:func:`train_pipeline`); the
 #: batches are the same either way. Off until its gpu tests have passed on a GPU and its
 #: speed is measured there (bench/README.md, "Prepared, not yet measured"): ``False``
@@ -234,7 +240,7 @@ def train_pipeline(data, batchsize, seed, comm, device):
     there, the same batches and the same snapshots (:data:`RESIDENT_ON_GPU`).
     """
     train = data.train
-    if (RESIDENT_ON_GPU and comm is None and device.xp is not numpy and len(train)
+    if (RESIDENT_ON_GPU and comm is None and on_gpu(device) and len(train)
             and type(data.converter) is RandomShift and not hasattr(train, 'serialize')
             and numpy.asarray(train[0][0]).nbytes * len(train) <= RESIDENT_MAX_BYTES):
         return (SeededShuffleIterator(index_dataset(len(train)), batchsize, seed),
@@ -254,7 +260,7 @@ def deferred_check(device, comm):
     with no sync per step (:class:`~capsnet_chainer.training.nonfinite.NonFiniteCheck`).
     On a GPU in one process, with :data:`DEFERRED_CHECK_ON_GPU`; elsewhere a sync costs
     little or the ranks' optimizer has no gate."""
-    return DEFERRED_CHECK_ON_GPU and comm is None and device.xp is not numpy
+    return DEFERRED_CHECK_ON_GPU and comm is None and on_gpu(device)
 
 
 def test_iterator(dataset, batchsize, comm, device=None):
@@ -265,7 +271,7 @@ def test_iterator(dataset, batchsize, comm, device=None):
     (:class:`~capsnet_chainer.datasets.resident.ResidentBatches`: the same batches, not
     copied to the GPU batch by batch); :func:`evaluator` then passes them on as they are.
     """
-    if (RESIDENT_ON_GPU and comm is None and device is not None and device.xp is not numpy
+    if (RESIDENT_ON_GPU and comm is None and device is not None and on_gpu(device)
             and len(dataset)
             and sum(numpy.asarray(a).nbytes for a in dataset[0]) * len(dataset)
             <= RESIDENT_MAX_BYTES):
