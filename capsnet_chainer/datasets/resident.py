@@ -19,6 +19,9 @@ import numpy
 
 from capsnet_chainer.datasets.augment import RandomShift
 from capsnet_chainer.datasets.augment import shift_each
+from capsnet_chainer.kernels.base import C_TYPES
+from capsnet_chainer.kernels.base import cuda_source
+from capsnet_chainer.kernels.base import launch
 
 #: The gather-and-shift kernel (CUDA C), for ``T`` = ``float`` or ``double``: output
 #: element ``(b, c, i, j)`` of ``n = B * C * H * W`` is image ``plan[b]``'s pixel ``(c, i
@@ -46,18 +49,13 @@ extern "C" __global__ void capsnet_gather_shift_{T}(
     }
 }
 '''
-#: The C type of each dtype the kernel is built for; others gather with array
-#: operations.
-KERNEL_TYPES = {numpy.dtype(numpy.float32): 'float', numpy.dtype(numpy.float64): 'double'}
-#: Threads per block of the kernel.
-THREADS = 256
+#: The dtypes the kernel is built for; others gather with array operations.
+KERNEL_TYPES = C_TYPES
 
 
 def kernel_source(dtype):
     """The CUDA source of the gather-and-shift kernel for ``dtype``, and its name."""
-    ctype = KERNEL_TYPES[numpy.dtype(dtype)]
-    return (GATHER_SHIFT_SOURCE.replace('{T}', ctype),
-            'capsnet_gather_shift_{}'.format(ctype))
+    return cuda_source(GATHER_SHIFT_SOURCE, 'capsnet_gather_shift', dtype)
 
 
 def example_arrays(dataset):
@@ -96,16 +94,11 @@ def gather_shift(x, plan, n_image, per_image, device_plan=None):
         return shift_each(x[xp.asarray(index)], shifts)
     if device_plan is None:
         device_plan = xp.asarray(plan)
-    source, name = kernel_source(x.dtype)
     B, (C, H, W) = n_image, x.shape[1:]
     y = xp.empty((B, C, H, W), x.dtype)
-    n = y.size
-    if n:
-        blocks = min(-(-n // THREADS), 2 ** 16)
-        chainer.backends.cuda.raw(source, name)(
-            (blocks,), (THREADS,),
-            (x, device_plan, y, numpy.int64(n), numpy.int32(B), numpy.int32(C),
-             numpy.int32(H), numpy.int32(W), numpy.int32(bool(per_image))))
+    launch(*kernel_source(x.dtype), y.size, (
+        x, device_plan, y, numpy.int64(y.size), numpy.int32(B), numpy.int32(C),
+        numpy.int32(H), numpy.int32(W), numpy.int32(bool(per_image))))
     return y
 
 

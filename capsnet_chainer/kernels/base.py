@@ -1,12 +1,14 @@
-"""What the kernels share: a gradient node without double backpropagation, and the
-bias of a prediction map folded into the map.
+"""What the kernels share: a gradient node without double backpropagation, the bias of
+a prediction map folded into the map, and how a CUDA kernel is built and launched.
 
 Shape letters are those of :mod:`capsnet_chainer`; a map ``W`` ``(M, P, F)`` takes
 ``P``-dimensional capsules to ``F = J * D`` outputs.
 """
 
+import numpy
 from chainer import backend
 from chainer import function_node
+from chainer.backends import cuda
 from chainer.utils import type_check
 
 
@@ -53,3 +55,37 @@ def check_map_inputs(in_types, u_ndim, n_cell=1):
         type_check.expect(b_type.dtype == u_type.dtype, b_type.ndim == 2,
                           b_type.shape[0] == w_type.shape[0],
                           b_type.shape[1] == w_type.shape[2])
+
+
+# --- CUDA kernels (RawKernel sources with a grid-stride loop over ``n`` units) ------------
+
+#: The C type of each dtype the CUDA kernels are built for.
+C_TYPES = {numpy.dtype(numpy.float32): 'float', numpy.dtype(numpy.float64): 'double'}
+
+
+def cuda_source(template, name, dtype):
+    """``(source, name)`` of a kernel for ``dtype``: ``{T}`` in ``template`` replaced by
+    its C type (:data:`C_TYPES`), which ends the kernel's name too."""
+    ctype = C_TYPES[numpy.dtype(dtype)]
+    return template.replace('{T}', ctype), '{}_{}'.format(name, ctype)
+
+
+def on_cuda(enabled, *arrays):
+    """Whether CUDA kernels take ``arrays``: ``enabled``, CuPy arrays, one dtype of
+    :data:`C_TYPES`."""
+    return (enabled and backend.get_array_module(arrays[0]) is not numpy
+            and arrays[0].dtype in C_TYPES
+            and all(a.dtype == arrays[0].dtype for a in arrays))
+
+
+def element_strides(a):
+    """The strides of ``a`` in elements, as the kernels index."""
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def launch(source, name, n, args, threads=256, max_blocks=2 ** 16):
+    """Runs kernel ``name`` of ``source`` (CuPy compiles it once) over ``n`` units; a
+    grid-stride loop in the kernel covers those beyond ``max_blocks`` blocks."""
+    if n:
+        blocks = max(1, min(-(-n // threads), max_blocks))
+        cuda.raw(source, name)((blocks,), (threads,), args)

@@ -17,8 +17,10 @@ compares them with CuPy's own copy and slice additions.
 """
 
 import numpy
-from chainer import backend
-from chainer.backends import cuda
+
+from capsnet_chainer.kernels.base import element_strides
+from capsnet_chainer.kernels.base import launch
+from capsnet_chainer.kernels.base import on_cuda
 
 #: Use the kernels on CuPy arrays (``False``: CuPy's strided copy and slice additions).
 #: Off until their gpu tests have passed on a GPU and their speed is measured there
@@ -116,12 +118,7 @@ def kernel_source(which, dtype, vec):
 def supports(*arrays):
     """Whether the kernels take these arrays: CuPy arrays of one dtype of
     :data:`TYPES`, with :data:`ENABLED`."""
-    return (ENABLED and backend.get_array_module(arrays[0]) is not numpy
-            and arrays[0].dtype in TYPES and all(a.dtype == arrays[0].dtype for a in arrays))
-
-
-def _element_strides(a):
-    return tuple(s // a.itemsize for s in a.strides)
+    return on_cuda(ENABLED, *arrays)
 
 
 def _vec(a, strided):
@@ -131,7 +128,7 @@ def _vec(a, strided):
     width = TYPES[a.dtype][2]
     C = a.shape[-1]
     for array in strided:
-        strides = _element_strides(array)
+        strides = element_strides(array)
         if (array.data.ptr % 16 or strides[-1] != 1
                 or any(s % width for s in strides[:-1])):
             return 1
@@ -139,9 +136,7 @@ def _vec(a, strided):
 
 
 def _launch(which, dtype, vec, n, args):
-    source, name = kernel_source(which, dtype, vec)
-    blocks = max(1, min(-(-n // THREADS), MAX_BLOCKS))
-    cuda.raw(source, name)((blocks,), (THREADS,), args)
+    launch(*kernel_source(which, dtype, vec), n, args, THREADS, MAX_BLOCKS)
 
 
 def im2col(x, rows, ksize, stride, out_size, out):
@@ -150,13 +145,12 @@ def im2col(x, rows, ksize, stride, out_size, out):
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
     vec = _vec(x, (x, out))
     n = B * oh * ow * (ky1 - ky0) * kw * C // vec
-    if n:
-        sb, sh, sw, sc = _element_strides(x)
-        i32 = numpy.int32
-        _launch('im2col', x.dtype, vec, n, (
-            x, out, numpy.int64(n), i32(oh), i32(ow), i32(ky1 - ky0), i32(ky0), i32(kw),
-            i32(C // vec), i32(sy), i32(sx), numpy.int64(sb), numpy.int64(sh),
-            numpy.int64(sw), numpy.int64(sc)))
+    sb, sh, sw, sc = element_strides(x)
+    i32 = numpy.int32
+    _launch('im2col', x.dtype, vec, n, (
+        x, out, numpy.int64(n), i32(oh), i32(ow), i32(ky1 - ky0), i32(ky0), i32(kw),
+        i32(C // vec), i32(sy), i32(sx), numpy.int64(sb), numpy.int64(sh), numpy.int64(sw),
+        numpy.int64(sc)))
     return out
 
 
@@ -167,10 +161,9 @@ def col2im_add(gcol, gx, rows, ksize, stride, out_size):
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
     vec = _vec(gx, (gx, gcol))
     n = B * H * W * C // vec
-    if n:
-        sb, sh, sw, sc = _element_strides(gx)
-        i32 = numpy.int32
-        _launch('col2im', gx.dtype, vec, n, (
-            gcol, gx, numpy.int64(n), i32(H), i32(W), i32(C // vec), i32(oh), i32(ow),
-            i32(ky1 - ky0), i32(ky0), i32(kw), i32(sy), i32(sx), numpy.int64(sb),
-            numpy.int64(sh), numpy.int64(sw), numpy.int64(sc)))
+    sb, sh, sw, sc = element_strides(gx)
+    i32 = numpy.int32
+    _launch('col2im', gx.dtype, vec, n, (
+        gcol, gx, numpy.int64(n), i32(H), i32(W), i32(C // vec), i32(oh), i32(ow),
+        i32(ky1 - ky0), i32(ky0), i32(kw), i32(sy), i32(sx), numpy.int64(sb),
+        numpy.int64(sh), numpy.int64(sw), numpy.int64(sc)))

@@ -24,19 +24,22 @@ first-order gradients only.
 import numpy
 from chainer import backend
 from chainer import function_node
-from chainer.backends import cuda
 from chainer.utils import type_check
 
 from capsnet_chainer.functions import EPS
+from capsnet_chainer.kernels.base import C_TYPES
+from capsnet_chainer.kernels.base import cuda_source
+from capsnet_chainer.kernels.base import element_strides
+from capsnet_chainer.kernels.base import launch
 from capsnet_chainer.kernels.base import NoDoubleBackprop
+from capsnet_chainer.kernels.base import on_cuda
 
 #: Use the node on CuPy arrays in :class:`~capsnet_chainer.model.CapsNet`'s loss
 #: (``False``: the plain equations). Off until its gpu tests have passed on a GPU and
 #: its speed is measured there (bench/README.md, "Prepared, not yet measured").
 ENABLED = False
-THREADS = 128
-MAX_BLOCKS = 2 ** 16
-TYPES = {numpy.dtype(numpy.float32): 'float', numpy.dtype(numpy.float64): 'double'}
+#: The dtypes the kernels are built for.
+TYPES = C_TYPES
 
 #: Thread ``b`` is image ``b`` of capsules ``v`` ``(B, J, D)`` (element strides ``sb,
 #: sj, sd``) with label ``t[b]``: its ``J`` lengths, and its loss summed over the classes.
@@ -104,26 +107,19 @@ extern "C" __global__ void capsnet_margin_loss_grad_{T}(
 
 def kernel_source(which, dtype):
     """``(source, name)`` of ``'forward'`` or ``'backward'`` for ``dtype``."""
-    ctype = TYPES[numpy.dtype(dtype)]
-    source = FORWARD_SOURCE if which == 'forward' else BACKWARD_SOURCE
-    name = 'capsnet_margin_loss_{}{}'.format('' if which == 'forward' else 'grad_', ctype)
-    return source.replace('{T}', ctype), name
+    if which == 'forward':
+        return cuda_source(FORWARD_SOURCE, 'capsnet_margin_loss', dtype)
+    return cuda_source(BACKWARD_SOURCE, 'capsnet_margin_loss_grad', dtype)
 
 
 def supports(v):
     """Whether the model computes its loss with :func:`margin_loss`: CuPy capsules of a
     dtype of :data:`TYPES`, with :data:`ENABLED`."""
-    return (ENABLED and backend.get_array_module(v) is not numpy and v.dtype in TYPES)
+    return on_cuda(ENABLED, v)
 
 
 def _strides(v):
-    return tuple(numpy.int64(s // v.itemsize) for s in v.strides)
-
-
-def _launch(which, dtype, n, args):
-    source, name = kernel_source(which, dtype)
-    blocks = max(1, min(-(-n // THREADS), MAX_BLOCKS))
-    cuda.raw(source, name)((blocks,), (THREADS,), args)
+    return tuple(numpy.int64(s) for s in element_strides(v))
 
 
 class MarginLoss(function_node.FunctionNode):
@@ -156,11 +152,10 @@ class MarginLoss(function_node.FunctionNode):
         else:
             lengths = xp.empty((B, J), v.dtype)
             per_image = xp.empty((B,), v.dtype)
-            if B:
-                _launch('forward', v.dtype, B, (
-                    v, t, lengths, per_image, numpy.int64(B), numpy.int32(J),
-                    numpy.int32(D)) + _strides(v) + (m_plus, m_minus, lambda_,
-                                                     v.dtype.type(EPS)))
+            launch(*kernel_source('forward', v.dtype), B, (
+                v, t, lengths, per_image, numpy.int64(B), numpy.int32(J),
+                numpy.int32(D)) + _strides(v) + (m_plus, m_minus, lambda_,
+                                                 v.dtype.type(EPS)), threads=128)
         loss = per_image.sum() / v.dtype.type(max(B, 1))
         return xp.asarray(loss, v.dtype), lengths
 
@@ -205,14 +200,13 @@ class MarginLossGrad(NoDoubleBackprop):
                 g = g + g_lengths
             return v * (g / lengths)[:, :, None],
         gv = xp.empty((B, J, D), v.dtype)
-        if v.size:
-            lengths = xp.ascontiguousarray(lengths)
-            has_gl = g_lengths is not None
-            g_lengths = xp.ascontiguousarray(g_lengths) if has_gl else lengths
-            _launch('backward', v.dtype, B * J, (
-                v, self.t, lengths, g_loss, g_lengths, gv, numpy.int64(B * J),
-                numpy.int32(J), numpy.int32(D)) + _strides(v) + (
-                m_plus, m_minus, lambda_, inv_batch, numpy.int32(has_gl)))
+        lengths = xp.ascontiguousarray(lengths)
+        has_gl = g_lengths is not None
+        g_lengths = xp.ascontiguousarray(g_lengths) if has_gl else lengths
+        launch(*kernel_source('backward', v.dtype), B * J, (
+            v, self.t, lengths, g_loss, g_lengths, gv, numpy.int64(B * J),
+            numpy.int32(J), numpy.int32(D)) + _strides(v) + (
+            m_plus, m_minus, lambda_, inv_batch, numpy.int32(has_gl)), threads=128)
         return gv,
 
 

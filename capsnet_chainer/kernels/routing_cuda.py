@@ -22,19 +22,20 @@ a GPU compares them with CuPy's array operations, alone and inside the routing.
 """
 
 import numpy
-from chainer import backend
 from chainer.backends import cuda
+
+from capsnet_chainer.kernels.base import C_TYPES
+from capsnet_chainer.kernels.base import cuda_source
+from capsnet_chainer.kernels.base import element_strides
+from capsnet_chainer.kernels.base import launch
+from capsnet_chainer.kernels.base import on_cuda
 
 #: Use the kernels on CuPy arrays (``False``: CuPy's array operations). Off until their
 #: gpu tests have passed on a GPU and their speed is measured there (bench/README.md,
 #: "Prepared, not yet measured").
 ENABLED = False
-#: Threads per block, and the most blocks of one launch (a grid-stride loop does the
-#: rest).
-THREADS = 256
-MAX_BLOCKS = 2 ** 16
-#: dtype -> its C type.
-TYPES = {numpy.dtype(numpy.float32): 'float', numpy.dtype(numpy.float64): 'double'}
+#: The dtypes the kernels are built for.
+TYPES = C_TYPES
 
 #: Thread ``i`` is column ``r`` of image ``a`` of contiguous logits ``(A, J, R)``: the
 #: ``J`` values ``x[(a * J + j) * R + r]``.
@@ -129,16 +130,13 @@ SOURCES = {'softmax': SOFTMAX_SOURCE, 'softmax_grad': SOFTMAX_GRAD_SOURCE,
 
 def kernel_source(which, dtype):
     """``(source, name)`` of kernel ``which`` (a key of :data:`SOURCES`) for ``dtype``."""
-    ctype = TYPES[numpy.dtype(dtype)]
-    return (SOURCES[which].replace('{T}', ctype),
-            'capsnet_{}_{}'.format(which, ctype))
+    return cuda_source(SOURCES[which], 'capsnet_' + which, dtype)
 
 
 def supports(*arrays):
     """Whether the kernels take these arrays: CuPy arrays of one dtype of
     :data:`TYPES`, with :data:`ENABLED`."""
-    return (ENABLED and backend.get_array_module(arrays[0]) is not numpy
-            and arrays[0].dtype in TYPES and all(a.dtype == arrays[0].dtype for a in arrays))
+    return on_cuda(ENABLED, *arrays)
 
 
 def columns(b):
@@ -153,7 +151,7 @@ def capsules(s):
     """``(A, J, D)`` and the element strides ``(sa, sj, sd)`` of capsules ``s``
     ``(..., J, D)``: any strides with 3 axes, C-contiguous with more; ``None`` else."""
     if s.ndim == 3:
-        return s.shape, tuple(x // s.itemsize for x in s.strides)
+        return s.shape, element_strides(s)
     if s.ndim > 3 and s.flags.c_contiguous:
         J, D = s.shape[-2:]
         return (s.size // max(J * D, 1), J, D), (J * D, D, 1)
@@ -182,9 +180,7 @@ def takes_capsules(s, *others):
 
 
 def _launch(which, dtype, n, args):
-    source, name = kernel_source(which, dtype)
-    blocks = max(1, min(-(-n // THREADS), MAX_BLOCKS))
-    cuda.raw(source, name)((blocks,), (THREADS,), args)
+    launch(*kernel_source(which, dtype), n, args)
 
 
 def softmax(b, none_of_the_above=False):
@@ -192,9 +188,8 @@ def softmax(b, none_of_the_above=False):
     logits (:func:`columns`), in one kernel."""
     A, J, R = columns(b)
     c = cuda.cupy.empty_like(b)
-    if b.size:
-        _launch('softmax', b.dtype, A * R, (b, c, numpy.int64(A * R), numpy.int32(J),
-                                            numpy.int64(R), numpy.int32(none_of_the_above)))
+    _launch('softmax', b.dtype, A * R, (b, c, numpy.int64(A * R), numpy.int32(J),
+                                        numpy.int64(R), numpy.int32(none_of_the_above)))
     return c
 
 
@@ -203,9 +198,8 @@ def softmax_grad(c, gc):
     (``c`` and ``gc`` C-contiguous, of one shape)."""
     A, J, R = columns(c)
     g = cuda.cupy.empty_like(c)
-    if c.size:
-        _launch('softmax_grad', c.dtype, A * R, (c, gc, g, numpy.int64(A * R),
-                                                 numpy.int32(J), numpy.int64(R)))
+    _launch('softmax_grad', c.dtype, A * R, (c, gc, g, numpy.int64(A * R), numpy.int32(J),
+                                             numpy.int64(R)))
     return g
 
 
@@ -217,11 +211,10 @@ def squash(s, eps):
     v = cupy.empty(s.shape, s.dtype)
     sq = cupy.empty(s.shape[:-1] + (1,), s.dtype)
     norm = cupy.empty_like(sq)
-    if s.size:
-        i64 = numpy.int64
-        _launch('squash', s.dtype, A * J, (
-            s, v, sq, norm, i64(A * J), numpy.int32(J), numpy.int32(D), i64(sa), i64(sj),
-            i64(sd), s.dtype.type(eps)))
+    i64 = numpy.int64
+    _launch('squash', s.dtype, A * J, (
+        s, v, sq, norm, i64(A * J), numpy.int32(J), numpy.int32(D), i64(sa), i64(sj),
+        i64(sd), s.dtype.type(eps)))
     return v, (s, sq, norm)
 
 
@@ -232,9 +225,8 @@ def squash_grad(saved, gv):
     (A, J, D), (sa, sj, sd) = capsules(s)
     _, (ga, gj, gd) = capsules(gv)
     gs = cuda.cupy.empty(s.shape, s.dtype)
-    if s.size:
-        i64 = numpy.int64
-        _launch('squash_grad', s.dtype, A * J, (
-            s, sq, norm, gv, gs, i64(A * J), numpy.int32(J), numpy.int32(D), i64(sa),
-            i64(sj), i64(sd), i64(ga), i64(gj), i64(gd)))
+    i64 = numpy.int64
+    _launch('squash_grad', s.dtype, A * J, (
+        s, sq, norm, gv, gs, i64(A * J), numpy.int32(J), numpy.int32(D), i64(sa), i64(sj),
+        i64(sd), i64(ga), i64(gj), i64(gd)))
     return gs

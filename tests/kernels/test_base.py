@@ -1,5 +1,6 @@
 """What the kernels share: a gradient node that refuses double backpropagation, the bias
-folded into the maps, and the type checks of ``(u, W[, b])``."""
+folded into the maps, the type checks of ``(u, W[, b])``, and the CUDA kernels' source,
+strides and launch."""
 
 import chainer
 import numpy
@@ -109,6 +110,25 @@ def test_check_map_inputs_refuses_what_does_not_fit(change):
     inputs = change(*maps())
     with pytest.raises(type_check.InvalidType):
         _Maps(3).apply(inputs)
+
+
+def test_cuda_source_names_the_kernel_after_its_type():
+    template = 'extern "C" __global__ void k_{T}({T}* x) { x[0] = ({T})1; }'
+    source, name = base.cuda_source(template, 'k', numpy.float32)
+    assert name == 'k_float' and source == (
+        'extern "C" __global__ void k_float(float* x) { x[0] = (float)1; }')
+    assert base.cuda_source(template, 'k', numpy.float64)[1] == 'k_double'
+    with pytest.raises(KeyError):
+        base.cuda_source(template, 'k', numpy.float16)
+
+
+def test_cuda_takes_no_numpy_arrays_and_launches_nothing_for_no_units(monkeypatch):
+    a = numpy.zeros((2, 3), numpy.float32)
+    assert not base.on_cuda(True, a) and not base.on_cuda(False, a)
+    assert base.element_strides(a.T) == (1, 3)
+    assert base.element_strides(numpy.zeros((4, 5), numpy.float64)[:, ::2]) == (5, 2)
+    monkeypatch.setattr(base.cuda, 'raw', lambda *args: pytest.fail('launched'))
+    base.launch('source', 'name', 0, ())  # nothing to do: no kernel built or run
 
 
 testing.run_module(__name__, __file__)
