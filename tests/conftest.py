@@ -57,6 +57,26 @@ def get_device(name):
     return chainer.get_device(name)
 
 
+@pytest.fixture
+def cupy():
+    """The ``cupy`` module, with GPU 0 the current device (skips without a GPU)."""
+    get_device('@cupy:0').use()
+    import cupy
+    return cupy
+
+
+def buffer_view(view):
+    """``(flat, offset, strides)``: the buffer under NumPy array ``view``, where ``view``
+    starts in it and its strides, in elements: what a CUDA kernel receives as a pointer
+    and strides (for a kernel's twin in NumPy)."""
+    base = view
+    while base.base is not None:
+        base = base.base
+    offset = (view.__array_interface__['data'][0]
+              - base.__array_interface__['data'][0]) // view.itemsize
+    return base.reshape(-1), offset, tuple(s // view.itemsize for s in view.strides)
+
+
 def nvcc_compile(source, tmp_path, arch='sm_90'):
     """Compiles CUDA C ``source`` (a kernel's code as CuPy's ``RawKernel`` takes it)
     with ``nvcc -arch=ARCH -cubin``, checking it without a GPU; skips the test where

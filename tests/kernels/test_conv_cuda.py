@@ -10,7 +10,6 @@ from chainer import testing
 
 from capsnet_chainer.kernels import conv as conv_kernel
 from capsnet_chainer.kernels import conv_cuda
-from conftest import get_device
 from conftest import nvcc_compile
 
 #: (x shape (B, H, W, C), ksize, stride, kernel rows)
@@ -135,13 +134,6 @@ def test_the_numpy_path_never_calls_the_kernels(monkeypatch):
 
 
 # On a GPU: the kernels against CuPy's own copy and slice additions
-
-
-@pytest.fixture
-def cupy():
-    get_device('@cupy:0')
-    import cupy
-    return cupy
 
 
 def both_paths(monkeypatch, fn):

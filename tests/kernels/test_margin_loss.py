@@ -14,7 +14,7 @@ from chainer.backends.cuda import to_cpu
 from capsnet_chainer import CapsNet
 from capsnet_chainer import functions
 from capsnet_chainer.kernels import margin_loss as margin_kernel
-from conftest import get_device
+from conftest import buffer_view
 from conftest import nvcc_compile
 
 
@@ -86,19 +86,9 @@ def test_double_backprop_is_refused():
 # The CUDA kernels, rewritten in NumPy: thread b's (forward) or i's (backward) loops
 
 
-def strided(v):
-    """``(flat, offset, strides)`` of ``v``'s buffer, as the kernels receive it."""
-    base = v
-    while base.base is not None:
-        base = base.base
-    offset = (v.__array_interface__['data'][0]
-              - base.__array_interface__['data'][0]) // v.itemsize
-    return base.reshape(-1), offset, tuple(s // v.itemsize for s in v.strides)
-
-
 def forward_twin(v, t, m_plus=0.9, m_minus=0.1, lambda_=0.5):
     B, J, D = v.shape
-    flat, offset, (sb, sj, sd) = strided(v)
+    flat, offset, (sb, sj, sd) = buffer_view(v)
     b = numpy.arange(B)
     lengths = numpy.empty((B, J), v.dtype)
     total = numpy.zeros(B, v.dtype)
@@ -118,7 +108,7 @@ def forward_twin(v, t, m_plus=0.9, m_minus=0.1, lambda_=0.5):
 
 def backward_twin(v, t, lengths, g_loss, g_lengths, m_plus=0.9, m_minus=0.1, lambda_=0.5):
     B, J, D = v.shape
-    flat, offset, (sb, sj, sd) = strided(v)
+    flat, offset, (sb, sj, sd) = buffer_view(v)
     i = numpy.arange(B * J)
     b, j = i // J, i % J
     length = lengths.reshape(-1)
@@ -167,14 +157,6 @@ def test_the_cpu_model_keeps_the_plain_equations(monkeypatch):
 
 
 # On a GPU
-
-
-@pytest.fixture
-def cupy():
-    device = get_device('@cupy:0')
-    device.use()
-    import cupy
-    return cupy
 
 
 @pytest.mark.gpu

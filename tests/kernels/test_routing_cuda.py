@@ -11,22 +11,10 @@ from chainer import testing
 from capsnet_chainer.functions import EPS
 from capsnet_chainer.kernels import routing as routing_kernel
 from capsnet_chainer.kernels import routing_cuda
-from conftest import get_device
+from conftest import buffer_view
 from conftest import nvcc_compile
 
 RTOL, ATOL = 1e-6, 1e-7
-
-
-def flat_view(view):
-    """``(flat, offset, strides)``: the buffer under ``view``, where ``view`` starts in
-    it and its element strides (what the kernels receive as a pointer and strides)."""
-    base = view
-    while base.base is not None:
-        base = base.base
-    flat = base.reshape(-1)
-    offset = (view.__array_interface__['data'][0]
-              - base.__array_interface__['data'][0]) // view.itemsize
-    return flat, offset, tuple(s // view.itemsize for s in view.strides)
 
 
 # The kernels, rewritten in NumPy: thread i's loops, for every i at once
@@ -64,7 +52,7 @@ def softmax_grad_twin(c, gc, J, R):
 
 
 def row_index(view, n, J, D):
-    flat, offset, (sa, sj, sd) = flat_view(view)
+    flat, offset, (sa, sj, sd) = buffer_view(view)
     i = numpy.arange(n)
     return flat, (offset + (i // J) * sa + (i % J) * sj)[:, None] + numpy.arange(D) * sd
 
@@ -175,14 +163,6 @@ def test_the_numpy_path_never_calls_the_kernels(monkeypatch):
 
 
 # On a GPU: the kernels against CuPy's array operations
-
-
-@pytest.fixture
-def cupy():
-    device = get_device('@cupy:0')
-    device.use()
-    import cupy
-    return cupy
 
 
 def both_paths(monkeypatch, fn):
