@@ -66,6 +66,19 @@ def first_non_finite(link, attr='array'):
     return 'the parameters'  # finite one by one, but the sum overflowed float64
 
 
+def _culprit(loss, params, target):
+    """What made a step's float64 sum not finite: ``'loss (nan)'``, else ``'gradient of
+    NAME'``, the first of ``params`` ``[(param, grad), ...]`` of ``target`` that is not
+    finite (a sync for each array it reads)."""
+    if loss is not None and not numpy.isfinite(to_float(loss)):
+        return 'loss ({})'.format(to_float(loss))
+    names = {id(p): name.lstrip('/') for name, p in target.namedparams()}
+    for p, grad in params:
+        if not numpy.isfinite(to_float(grad.sum(dtype=numpy.float64))):
+            return 'gradient of {}'.format(names[id(p)])
+    return 'gradient of the parameters'  # finite one by one, but the sum overflowed float64
+
+
 def _position(optimizer):
     """``(epoch, iteration)`` of the update in progress, both 1-based."""
     return optimizer.epoch + 1, optimizer.t + 1
@@ -97,15 +110,9 @@ class _Verdict(object):
         return bool(self._host[0])
 
     def error(self, target):
-        """The :class:`NonFiniteError` of this step: its loss, else the first of
-        ``target``'s gradients that is not finite."""
-        if self.loss is not None and not numpy.isfinite(to_float(self.loss)):
-            return NonFiniteError('loss ({})'.format(to_float(self.loss)), *self.position)
-        names = {id(p): name.lstrip('/') for name, p in target.namedparams()}
-        for p, grad in self.params:
-            if not numpy.isfinite(to_float(grad.sum(dtype=numpy.float64))):
-                return NonFiniteError('gradient of {}'.format(names[id(p)]), *self.position)
-        return NonFiniteError('gradients (their float64 sum)', *self.position)
+        """The :class:`NonFiniteError` of this step (its loss, else the first of
+        ``target``'s gradients that is not finite)."""
+        return NonFiniteError(_culprit(self.loss, self.params, target), *self.position)
 
 
 class NonFiniteCheck(object):
@@ -148,22 +155,15 @@ class NonFiniteCheck(object):
         loss, self.loss = self.loss, None
         if self.defer:
             self.settle()  # the last step's verdict, long arrived
-            params = [(p, p.grad) for p in optimizer.target.params() if p.grad is not None]
-            total = float64_sum([g for _, g in params] + ([loss] if loss is not None else []))
+        params = [(p, p.grad) for p in optimizer.target.params() if p.grad is not None]
+        total = float64_sum([g for _, g in params] + ([loss] if loss is not None else []))
+        if self.defer:
             self.ok = backend.get_array_module(total).isfinite(total)  # no sync
             self._target = optimizer.target
             self._pending = _Verdict(self.ok, loss, params, _position(optimizer))
-            return
-        arrays = [p.grad for p in optimizer.target.params() if p.grad is not None]
-        if loss is not None:
-            arrays.append(loss)
-        if numpy.isfinite(to_float(float64_sum(arrays))):  # the one sync
-            return
-        if loss is not None and not numpy.isfinite(to_float(loss)):
-            raise NonFiniteError('loss ({})'.format(to_float(loss)), *_position(optimizer))
-        bad = first_non_finite(optimizer.target, 'grad')
-        if bad is not None:
-            raise NonFiniteError('gradient of {}'.format(bad), *_position(optimizer))
+        elif not numpy.isfinite(to_float(total)):  # the one sync
+            raise NonFiniteError(_culprit(loss, params, optimizer.target),
+                                 *_position(optimizer))
 
     def settle(self):
         """Raises :class:`NonFiniteError` if the last deferred step was not finite (its
