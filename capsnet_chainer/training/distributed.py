@@ -222,9 +222,18 @@ def on_gpu(device):
 #: speed is measured there (bench/README.md, "Prepared, not yet measured"): ``False``
 #: keeps the set on the host, as on the CPU.
 RESIDENT_ON_GPU = False
-#: The largest training set (its images' bytes) that :func:`train_pipeline` keeps on a
-#: GPU.
+#: The largest set (its images' bytes) that :func:`train_pipeline` or
+#: :func:`test_iterator` keeps on a GPU.
 RESIDENT_MAX_BYTES = 2 ** 31
+
+
+def keep_on_gpu(dataset, comm, device):
+    """Whether ``dataset`` of ``(x, t, ...)`` examples is kept on ``device``: with
+    :data:`RESIDENT_ON_GPU`, on a GPU in one process, images of at most
+    :data:`RESIDENT_MAX_BYTES`."""
+    return (RESIDENT_ON_GPU and comm is None and device is not None and on_gpu(device)
+            and len(dataset) > 0
+            and numpy.asarray(dataset[0][0]).nbytes * len(dataset) <= RESIDENT_MAX_BYTES)
 
 
 def train_pipeline(data, batchsize, seed, comm, device):
@@ -240,9 +249,8 @@ def train_pipeline(data, batchsize, seed, comm, device):
     there, the same batches and the same snapshots (:data:`RESIDENT_ON_GPU`).
     """
     train = data.train
-    if (RESIDENT_ON_GPU and comm is None and on_gpu(device) and len(train)
-            and type(data.converter) is RandomShift and not hasattr(train, 'serialize')
-            and numpy.asarray(train[0][0]).nbytes * len(train) <= RESIDENT_MAX_BYTES):
+    if (keep_on_gpu(train, comm, device) and type(data.converter) is RandomShift
+            and not hasattr(train, 'serialize')):
         return (SeededShuffleIterator(index_dataset(len(train)), batchsize, seed),
                 ResidentShift(data.converter, train, device))
     return train_iterator(train, batchsize, seed, comm), data.converter
@@ -266,15 +274,11 @@ def deferred_check(device, comm):
 def test_iterator(dataset, batchsize, comm, device=None):
     """An iterator over this rank's part of ``dataset`` (:func:`shard`), once, in order.
 
-    On a GPU in one process, with :data:`RESIDENT_ON_GPU`, a set of at most
-    :data:`RESIDENT_MAX_BYTES` is kept there
+    Where :func:`keep_on_gpu` says so, the set is kept on the GPU
     (:class:`~capsnet_chainer.datasets.resident.ResidentBatches`: the same batches, not
     copied to the GPU batch by batch); :func:`evaluator` then passes them on as they are.
     """
-    if (RESIDENT_ON_GPU and comm is None and device is not None and on_gpu(device)
-            and len(dataset)
-            and sum(numpy.asarray(a).nbytes for a in dataset[0]) * len(dataset)
-            <= RESIDENT_MAX_BYTES):
+    if keep_on_gpu(dataset, comm, device):
         return ResidentBatches(dataset, batchsize, device)
     return chainer.iterators.SerialIterator(shard(dataset, comm), batchsize, repeat=False,
                                             shuffle=False)

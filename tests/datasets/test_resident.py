@@ -287,7 +287,7 @@ def test_test_iterator_keeps_the_set_on_a_gpu_only(monkeypatch):
         assert isinstance(it, chainer.iterators.SerialIterator)
         assert distributed.evaluator(it, _Scorer(), None, None).converter \
             is chainer.dataset.concat_examples
-    monkeypatch.setattr(distributed, 'RESIDENT_MAX_BYTES', 11 * (7 * 7 * 4 + 4) - 1)
+    monkeypatch.setattr(distributed, 'RESIDENT_MAX_BYTES', 11 * 7 * 7 * 4 - 1)  # images
     assert isinstance(distributed.test_iterator(dataset, 4, None, gpu),
                       chainer.iterators.SerialIterator)
 
