@@ -278,6 +278,19 @@ def figure_samples():
     return x, t
 
 
+@pytest.fixture(scope='module')
+def model():
+    """The figures' network (:func:`seeded_sharp_capsnet`), one per test module; a module
+    may define its own ``model``."""
+    return seeded_sharp_capsnet()
+
+
+@pytest.fixture(scope='module')
+def samples():
+    """:func:`figure_samples`, one per test module."""
+    return figure_samples()
+
+
 def independent_decode(model, x, labels, edit=None):
     """Decoder output ``(N, 28, 28)`` computed directly from the model's methods."""
     with chainer.using_config('train', False), chainer.no_backprop_mode():

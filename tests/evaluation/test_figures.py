@@ -18,25 +18,13 @@ from chainer import testing
 
 from capsnet_chainer import load_model
 from capsnet_chainer.datasets.mnist import get_mnist
-from conftest import figure_samples
 from conftest import independent_decode
 from conftest import is_green
 from conftest import row_cmaps
-from conftest import seeded_sharp_capsnet
 from conftest import tile_colours
 
 # MNIST test labels 0..19: 7 2 1 0 4 1 4 9 5 9 0 6 9 0 1 5 9 7 3 4.
 FIRST_ZEROS = [3, 10]
-
-
-@pytest.fixture(scope='module')
-def model():
-    return seeded_sharp_capsnet()
-
-
-@pytest.fixture(scope='module')
-def samples():
-    return figure_samples()
 
 
 def assert_images(ax, tiles, cmaps):

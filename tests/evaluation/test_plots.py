@@ -4,24 +4,11 @@ and the most confident mistakes beside their reconstructions."""
 from capsnet_chainer.evaluation import plots  # before chainer: restores numpy.sctypes
 
 import numpy
-import pytest
 from chainer import testing
 
 from capsnet_chainer.evaluation import figures
-from conftest import figure_samples
 from conftest import independent_decode
 from conftest import row_cmaps
-from conftest import seeded_sharp_capsnet
-
-
-@pytest.fixture(scope='module')
-def model():
-    return seeded_sharp_capsnet()
-
-
-@pytest.fixture(scope='module')
-def samples():
-    return figure_samples()
 
 
 def test_plot_confusion():

@@ -21,20 +21,8 @@ from capsnet_chainer.fileio import BackgroundWriter
 from capsnet_chainer.io.modelfile import META_KEY
 from capsnet_chainer.training import extensions
 from capsnet_chainer.training.extensions import BestModelSaver
-from conftest import figure_samples
 from conftest import is_green
-from conftest import seeded_sharp_capsnet
 from conftest import tile_colours
-
-
-@pytest.fixture(scope='module')
-def model():
-    return seeded_sharp_capsnet()
-
-
-@pytest.fixture(scope='module')
-def samples():
-    return figure_samples()
 
 
 # What the run reports and keeps
