@@ -214,7 +214,7 @@ class SharedRouting(function_node.FunctionNode):
 
     def forward(self, inputs):
         self.retain_inputs(tuple(range(len(inputs))))
-        ops = _SharedOps(*inputs, n_class=self.n_class)
+        self.ops = ops = _SharedOps(*inputs, n_class=self.n_class)  # the backward's too
         B, J, T, N = ops.logit_shape
         logits = ops.xp.zeros((B, J, T, N), ops.dtype)
         self.saved = []
@@ -231,7 +231,7 @@ class SharedRouting(function_node.FunctionNode):
         inputs = self.get_retained_inputs()
         gv, = grad_outputs
         grad = SharedRoutingGrad(self.n_class, self.saved, self.grad_all_iterations,
-                                 indexes)
+                                 indexes, self.ops)
         gxs = grad.apply(inputs + (gv,))
         return tuple(gxs[grad.indexes.index(i)] for i in indexes)
 
@@ -302,15 +302,16 @@ class SharedRoutingGrad(NoDoubleBackprop):
     ``gu_e = sum_{j,t} p_t (W_e q_t)`` and ``gW_e = sum_{b,t} (u_e^T p_t) q_t``.
     """
 
-    def __init__(self, n_class, saved, grad_all_iterations, indexes):
+    def __init__(self, n_class, saved, grad_all_iterations, indexes, ops=None):
         self.n_class = n_class
         self.saved = saved
         self.grad_all_iterations = grad_all_iterations
         self.indexes = tuple(indexes)
+        self.ops = ops  # the forward's, on the same inputs; None: made from them
 
     def forward(self, inputs):
         gv = inputs[-1]
-        ops = _SharedOps(*inputs[:-1], n_class=self.n_class)
+        ops = self.ops or _SharedOps(*inputs[:-1], n_class=self.n_class)
         xp = ops.xp
         B, T, N, P, J, D = ops.shape
         R = len(self.saved)
