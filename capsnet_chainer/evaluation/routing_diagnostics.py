@@ -50,6 +50,7 @@ from capsnet_chainer.functions import EPS
 from capsnet_chainer.functions import top_two
 from capsnet_chainer.inference import batched
 from capsnet_chainer.inference import BATCHSIZE
+from capsnet_chainer.kernels.routing import softmax
 
 #: Share of the primary capsules whose contributions the top share counts (10%).
 TOP_FRACTION = 0.1
@@ -119,14 +120,7 @@ def routing_trace(u_hat, n_iteration, none_of_the_above=False):
     b = xp.zeros((B, J, I), u_hat.dtype)
     steps = []
     for r in range(n_iteration):
-        top = b.max(axis=1, keepdims=True)
-        if none_of_the_above:
-            top = xp.maximum(top, 0)
-        c = xp.exp(b - top)
-        total = c.sum(axis=1, keepdims=True)
-        if none_of_the_above:
-            total += xp.exp(-top)
-        c /= total  # (B, J, I): softmax over the classes
+        c = softmax(b, 1, none_of_the_above)  # (B, J, I): over the classes
         s = xp.einsum('bji,bjid->bjd', c, u_hat)  # (B, J, D)
         sq = (s * s).sum(axis=2, keepdims=True)
         v = s * (xp.sqrt(sq + EPS) / (1 + sq))  # (B, J, D): squash

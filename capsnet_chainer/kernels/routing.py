@@ -38,23 +38,22 @@ from capsnet_chainer.kernels import routing_cuda
 # --- Routing on given predictions ---------------------------------------------------------
 
 
-def _softmax(b, axis, none_of_the_above=False):
+def softmax(b, axis, none_of_the_above=False):
     """``softmax(b)`` along ``axis``; with ``none_of_the_above``, over ``b`` and one more
     logit fixed at 0 whose share is dropped (see
-    :func:`capsnet_chainer.functions.coupling`)."""
+    :func:`capsnet_chainer.functions.coupling`). Also the routing of
+    :func:`capsnet_chainer.evaluation.routing_diagnostics.routing_trace`."""
     if routing_cuda.takes_columns(axis, b):  # one CUDA kernel for the lines below
         return routing_cuda.softmax(b, none_of_the_above)
     xp = backend.get_array_module(b)
-    if not none_of_the_above:
-        c = b - b.max(axis=axis, keepdims=True)
-        xp.exp(c, out=c)
-        c /= c.sum(axis=axis, keepdims=True)
-        return c
-    m = xp.maximum(b.max(axis=axis, keepdims=True), 0)  # the extra logit 0 counts too
+    m = b.max(axis=axis, keepdims=True)
+    if none_of_the_above:
+        xp.maximum(m, 0, out=m)  # the extra logit 0 counts too
     c = b - m
     xp.exp(c, out=c)
     total = c.sum(axis=axis, keepdims=True)
-    total += xp.exp(-m)  # the extra category's share of the sum
+    if none_of_the_above:
+        total += xp.exp(-m)  # the extra category's share of the sum
     c /= total
     return c
 
@@ -70,7 +69,7 @@ def _uniform(b, axis, none_of_the_above=False):
 def _softmax_grad(c, gc, axis):
     """``c * (gc - sum(c * gc))``, the gradient of the logits of ``c = softmax(b)``.
 
-    It holds for :func:`_softmax` with ``none_of_the_above`` too, the sum running over
+    It holds for :func:`softmax` with ``none_of_the_above`` too, the sum running over
     the real classes only: the dropped category's coupling has no gradient."""
     if routing_cuda.takes_columns(axis, c, gc):
         return routing_cuda.softmax_grad(c, gc)
@@ -129,7 +128,7 @@ class Routing(function_node.FunctionNode):
         logits = xp.zeros((B, J, 1, I), u_hat.dtype)
         self.saved = []
         for r in range(self.n_iteration):
-            c = (_softmax(logits, 1, self.none_of_the_above) if r
+            c = (softmax(logits, 1, self.none_of_the_above) if r
                  else _uniform(logits, 1, self.none_of_the_above))  # (B, J, 1, I)
             s = xp.matmul(c, u_hat)  # (B, J, 1, D)
             v, squash_saved = _squash(s)
@@ -219,7 +218,7 @@ class SharedRouting(function_node.FunctionNode):
         logits = ops.xp.zeros((B, J, T, N), ops.dtype)
         self.saved = []
         for r in range(self.n_iteration):
-            c = (_softmax(logits, 1, self.none_of_the_above) if r
+            c = (softmax(logits, 1, self.none_of_the_above) if r
                  else _uniform(logits, 1, self.none_of_the_above))  # (B, J, T, N)
             v, squash_saved = _squash(ops.weighted_sum(c))  # (B, J, D)
             self.saved.append((c, v, squash_saved))

@@ -184,7 +184,7 @@ def _launch(which, dtype, n, args):
 
 
 def softmax(b, none_of_the_above=False):
-    """:func:`~capsnet_chainer.kernels.routing._softmax` over axis 1 of C-contiguous
+    """:func:`~capsnet_chainer.kernels.routing.softmax` over axis 1 of C-contiguous
     logits (:func:`columns`), in one kernel."""
     A, J, R = columns(b)
     c = cuda.cupy.empty_like(b)

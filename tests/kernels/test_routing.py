@@ -51,7 +51,7 @@ def test_routing_kernel_passes_gradient_check(n_iteration, none_of_the_above):
 def test_leaky_softmax_keeps_large_logits_finite():
     """The extra logit 0 joins the maximum that is subtracted before exp."""
     b = numpy.array([[[800.0], [-800.0]], [[-800.0], [-900.0]]])  # (B, J, 1)
-    c = routing_kernels._softmax(b.copy(), 1, none_of_the_above=True)
+    c = routing_kernels.softmax(b.copy(), 1, none_of_the_above=True)
     numpy.testing.assert_allclose(c[:, :, 0], [[1, 0], [0, 0]], atol=1e-300)
     numpy.testing.assert_allclose(routing_kernels._uniform(b, 1, True), 1 / 3)
 

@@ -103,13 +103,13 @@ class TestTwins(object):
         rng = numpy.random.RandomState(0)
         b = rng.uniform(-3, 3, (3, 10, 4, 5)).astype(self.dtype)
         got = softmax_twin(b.reshape(-1), 10, 20, self.nota).reshape(b.shape)
-        want = routing_kernel._softmax(b, 1, self.nota)
+        want = routing_kernel.softmax(b, 1, self.nota)
         numpy.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
     def test_softmax_grad(self):
         rng = numpy.random.RandomState(1)
-        c = routing_kernel._softmax(rng.uniform(-3, 3, (2, 10, 1, 7)).astype(self.dtype), 1,
-                                    self.nota)
+        c = routing_kernel.softmax(rng.uniform(-3, 3, (2, 10, 1, 7)).astype(self.dtype), 1,
+                                   self.nota)
         gc = rng.uniform(-1, 1, c.shape).astype(self.dtype)
         got = softmax_grad_twin(c.reshape(-1), gc.reshape(-1), 10, 7).reshape(c.shape)
         numpy.testing.assert_allclose(got, routing_kernel._softmax_grad(c, gc, 1),
@@ -185,7 +185,7 @@ def test_the_kernels_on_gpu_equal_cupys_operations(cupy, monkeypatch, dtype, not
     gv = cupy.asarray(transposed(rng, (4, 10, 16), dtype))
 
     def run():
-        c = routing_kernel._softmax(b, 1, nota)
+        c = routing_kernel.softmax(b, 1, nota)
         v, saved = routing_kernel._squash(s)
         return [a.get() for a in (c, routing_kernel._softmax_grad(c, gc, 1), v, saved[1],
                                   saved[2], routing_kernel._squash_grad(saved, gv))]
