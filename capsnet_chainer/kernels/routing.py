@@ -229,8 +229,7 @@ class SharedRouting(function_node.FunctionNode):
     def backward(self, indexes, grad_outputs):
         inputs = self.get_retained_inputs()
         gv, = grad_outputs
-        grad = SharedRoutingGrad(self.n_class, self.saved, self.grad_all_iterations,
-                                 indexes, self.ops)
+        grad = SharedRoutingGrad(self.saved, self.grad_all_iterations, indexes, self.ops)
         gxs = grad.apply(inputs + (gv,))
         return tuple(gxs[grad.indexes.index(i)] for i in indexes)
 
@@ -301,16 +300,15 @@ class SharedRoutingGrad(NoDoubleBackprop):
     ``gu_e = sum_{j,t} p_t (W_e q_t)`` and ``gW_e = sum_{b,t} (u_e^T p_t) q_t``.
     """
 
-    def __init__(self, n_class, saved, grad_all_iterations, indexes, ops=None):
-        self.n_class = n_class
+    def __init__(self, saved, grad_all_iterations, indexes, ops):
         self.saved = saved
         self.grad_all_iterations = grad_all_iterations
         self.indexes = tuple(indexes)
-        self.ops = ops  # the forward's, on the same inputs; None: made from them
+        self.ops = ops  # the forward's _SharedOps, on the same inputs
 
     def forward(self, inputs):
         gv = inputs[-1]
-        ops = self.ops or _SharedOps(*inputs[:-1], n_class=self.n_class)
+        ops = self.ops
         xp = ops.xp
         B, T, N, P, J, D = ops.shape
         R = len(self.saved)
