@@ -51,6 +51,7 @@ from capsnet_chainer.functions import top_two
 from capsnet_chainer.inference import batched
 from capsnet_chainer.inference import BATCHSIZE
 from capsnet_chainer.kernels.routing import softmax
+from capsnet_chainer.model import primary_grid
 
 #: Share of the primary capsules whose contributions the top share counts (10%).
 TOP_FRACTION = 0.1
@@ -171,13 +172,8 @@ def top_share(p, k):
 
 def grid_shape(model):
     """``(T, rows, columns)`` of the primary capsules: ``i = (type * rows + row) *
-    columns + column``."""
-    digits = model.digits
-    H, W = model.config['in_shape'][1:]
-    rows, cols = (H - 8 - 9) // 2 + 1, (W - 8 - 9) // 2 + 1  # conv1 9x9, primary 9x9/2
-    if rows * cols != digits.n_cell:
-        rows, cols = 1, digits.n_cell
-    return digits.n_type, rows, cols
+    columns + column``: the grid the network was built on."""
+    return (model.digits.n_type,) + primary_grid(*model.config['in_shape'][1:])
 
 
 def _statistics(model, x, labels):
