@@ -49,8 +49,6 @@ extern "C" __global__ void capsnet_gather_shift_{T}(
     }
 }
 '''
-#: The dtypes the kernel is built for; others gather with array operations.
-KERNEL_TYPES = C_TYPES
 
 
 def kernel_source(dtype):
@@ -88,7 +86,7 @@ def gather_shift(x, plan, n_image, per_image, device_plan=None):
         :ref:`ndarray`: ``(n_image, C, H, W)``, a new array on ``x``'s device.
     """
     xp = chainer.backend.get_array_module(x)
-    if xp is numpy or x.dtype not in KERNEL_TYPES or not x.flags.c_contiguous:
+    if xp is numpy or x.dtype not in C_TYPES or not x.flags.c_contiguous:
         index, shifts = plan[:n_image], plan[n_image:].reshape((-1, 2))
         shifts = shifts if per_image else (int(shifts[0, 0]), int(shifts[0, 1]))
         return shift_each(x[xp.asarray(index)], shifts)

@@ -27,7 +27,6 @@ from chainer import function_node
 from chainer.utils import type_check
 
 from capsnet_chainer.functions import EPS
-from capsnet_chainer.kernels.base import C_TYPES
 from capsnet_chainer.kernels.base import cuda_source
 from capsnet_chainer.kernels.base import element_strides
 from capsnet_chainer.kernels.base import launch
@@ -38,8 +37,6 @@ from capsnet_chainer.kernels.base import on_cuda
 #: (``False``: the plain equations). Off until its gpu tests have passed on a GPU and
 #: its speed is measured there (bench/README.md, "Prepared, not yet measured").
 ENABLED = False
-#: The dtypes the kernels are built for.
-TYPES = C_TYPES
 
 #: Thread ``b`` is image ``b`` of capsules ``v`` ``(B, J, D)`` (element strides ``sb,
 #: sj, sd``) with label ``t[b]``: its ``J`` lengths, and its loss summed over the classes.
@@ -114,7 +111,7 @@ def kernel_source(which, dtype):
 
 def supports(v):
     """Whether the model computes its loss with :func:`margin_loss`: CuPy capsules of a
-    dtype of :data:`TYPES`, with :data:`ENABLED`."""
+    dtype of :data:`~capsnet_chainer.kernels.base.C_TYPES`, with :data:`ENABLED`."""
     return on_cuda(ENABLED, v)
 
 

@@ -24,7 +24,6 @@ a GPU compares them with CuPy's array operations, alone and inside the routing.
 import numpy
 from chainer.backends import cuda
 
-from capsnet_chainer.kernels.base import C_TYPES
 from capsnet_chainer.kernels.base import cuda_source
 from capsnet_chainer.kernels.base import element_strides
 from capsnet_chainer.kernels.base import launch
@@ -34,8 +33,6 @@ from capsnet_chainer.kernels.base import on_cuda
 #: gpu tests have passed on a GPU and their speed is measured there (bench/README.md,
 #: "Prepared, not yet measured").
 ENABLED = False
-#: The dtypes the kernels are built for.
-TYPES = C_TYPES
 
 #: Thread ``i`` is column ``r`` of image ``a`` of contiguous logits ``(A, J, R)``: the
 #: ``J`` values ``x[(a * J + j) * R + r]``.
@@ -135,7 +132,7 @@ def kernel_source(which, dtype):
 
 def supports(*arrays):
     """Whether the kernels take these arrays: CuPy arrays of one dtype of
-    :data:`TYPES`, with :data:`ENABLED`."""
+    :data:`~capsnet_chainer.kernels.base.C_TYPES`, with :data:`ENABLED`."""
     return on_cuda(ENABLED, *arrays)
 
 

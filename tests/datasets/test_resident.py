@@ -14,6 +14,7 @@ import chainer
 from chainer import testing
 
 from capsnet_chainer.datasets.augment import RandomShift
+from capsnet_chainer.kernels.base import C_TYPES
 from capsnet_chainer.training import distributed
 from capsnet_chainer.training.iterators import SeededShuffleIterator
 from capsnet_chainer.training.updater import ConverterStateUpdater
@@ -168,7 +169,7 @@ def test_the_kernels_index_arithmetic_gives_the_same_images(per_image, channels)
                                      kernel_twin(x, plan, n, per_image))
 
 
-@pytest.mark.parametrize('dtype', sorted(resident.KERNEL_TYPES, key=str))
+@pytest.mark.parametrize('dtype', sorted(C_TYPES, key=str))
 def test_the_kernel_compiles_for_hopper(tmp_path, dtype):
     source, name = resident.kernel_source(dtype)
     assert name in source

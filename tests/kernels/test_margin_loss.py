@@ -14,6 +14,7 @@ from chainer.backends.cuda import to_cpu
 from capsnet_chainer import CapsNet
 from capsnet_chainer import functions
 from capsnet_chainer.kernels import margin_loss as margin_kernel
+from capsnet_chainer.kernels.base import C_TYPES
 from conftest import buffer_view
 from conftest import nvcc_compile
 
@@ -137,7 +138,7 @@ def test_the_kernels_arithmetic_is_the_nodes(transposed):
 
 
 @pytest.mark.parametrize('which', ['forward', 'backward'])
-@pytest.mark.parametrize('dtype', sorted(margin_kernel.TYPES, key=str))
+@pytest.mark.parametrize('dtype', sorted(C_TYPES, key=str))
 def test_the_kernels_compile_for_hopper(tmp_path, which, dtype):
     source, name = margin_kernel.kernel_source(which, dtype)
     assert name in source and '{T}' not in source

@@ -11,6 +11,7 @@ from chainer import testing
 from capsnet_chainer.functions import EPS
 from capsnet_chainer.kernels import routing as routing_kernel
 from capsnet_chainer.kernels import routing_cuda
+from capsnet_chainer.kernels.base import C_TYPES
 from conftest import buffer_view
 from conftest import nvcc_compile
 
@@ -130,7 +131,7 @@ class TestTwins(object):
 
 
 @pytest.mark.parametrize('which', sorted(routing_cuda.SOURCES))
-@pytest.mark.parametrize('dtype', sorted(routing_cuda.TYPES, key=str))
+@pytest.mark.parametrize('dtype', sorted(C_TYPES, key=str))
 def test_the_kernels_compile_for_hopper(tmp_path, which, dtype):
     source, name = routing_cuda.kernel_source(which, dtype)
     assert name in source and '{T}' not in source
