@@ -19,9 +19,9 @@ import numpy
 
 from capsnet_chainer.datasets.augment import RandomShift
 from capsnet_chainer.datasets.augment import shift_each
-from capsnet_chainer.kernels.base import C_TYPES
 from capsnet_chainer.kernels.base import cuda_source
 from capsnet_chainer.kernels.base import launch
+from capsnet_chainer.kernels.base import on_cuda
 
 #: The gather-and-shift kernel (CUDA C), for ``T`` = ``float`` or ``double``: output
 #: element ``(b, c, i, j)`` of ``n = B * C * H * W`` is image ``plan[b]``'s pixel ``(c, i
@@ -86,10 +86,11 @@ def gather_shift(x, plan, n_image, per_image, device_plan=None):
         :ref:`ndarray`: ``(n_image, C, H, W)``, a new array on ``x``'s device.
     """
     xp = chainer.backend.get_array_module(x)
-    if xp is numpy or x.dtype not in C_TYPES or not x.flags.c_contiguous:
-        index, shifts = plan[:n_image], plan[n_image:].reshape((-1, 2))
+    if not on_cuda(True, x) or not x.flags.c_contiguous:  # no kernel for it: array ops
+        index = xp.asarray(plan[:n_image]) if device_plan is None else device_plan[:n_image]
+        shifts = plan[n_image:].reshape((-1, 2))  # on the host, where shift_each reads them
         shifts = shifts if per_image else (int(shifts[0, 0]), int(shifts[0, 1]))
-        return shift_each(x[xp.asarray(index)], shifts)
+        return shift_each(x[index], shifts)
     if device_plan is None:
         device_plan = xp.asarray(plan)
     B, (C, H, W) = n_image, x.shape[1:]
