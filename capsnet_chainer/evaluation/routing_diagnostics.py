@@ -61,26 +61,35 @@ N_BINS = 20
 TYPES_PER_ROW = 8
 
 
+class _Captured(Exception):
+    """Ends the forward pass at the class capsules (:func:`primary_capsules`)."""
+
+
 class _CaptureInput(chainer.LinkHook):
-    """Keeps the input of the link it is added to."""
+    """Keeps the input of the link it is added to; with ``stop``, ends the forward pass
+    there, before the link runs."""
 
     name = 'capture_input'
 
-    def __init__(self):
+    def __init__(self, stop=False):
         self.input = None
+        self.stop = stop
 
     def forward_preprocess(self, args):
         self.input = args.args[0]
+        if self.stop:
+            raise _Captured
 
 
-def scores_and_primary_capsules(model, x):
-    """The class scores ``(B, J)`` of images ``x``, exactly as ``model.scores`` gives
-    them, and their primary capsules ``u`` ``(B, I, P)`` (the input of the class
-    capsules' link), from one forward pass."""
-    hook = _CaptureInput()
+def _capture(model, x, stop):
+    """``(scores, u)`` of images ``x`` from ``model.scores``; with ``stop`` the pass ends
+    at the class capsules, and the scores are ``None``."""
+    hook = _CaptureInput(stop)
     model.digits.add_hook(hook)
     try:
         scores = model.scores(x)
+    except _Captured:
+        scores = None
     finally:
         model.digits.delete_hook(hook.name)
     if hook.input is None:
@@ -88,11 +97,19 @@ def scores_and_primary_capsules(model, x):
     return scores, chainer.as_variable(hook.input)
 
 
+def scores_and_primary_capsules(model, x):
+    """The class scores ``(B, J)`` of images ``x``, exactly as ``model.scores`` gives
+    them, and their primary capsules ``u`` ``(B, I, P)`` (the input of the class
+    capsules' link), from one forward pass."""
+    return _capture(model, x, stop=False)
+
+
 def primary_capsules(model, x):
     """The primary capsules ``u`` ``(B, I, P)`` of images ``x``: the input of the class
     capsules' link in :meth:`CapsNet.digit_capsules
-    <capsnet_chainer.model.CapsNet.digit_capsules>`."""
-    return scores_and_primary_capsules(model, x)[1]
+    <capsnet_chainer.model.CapsNet.digit_capsules>`, where the pass stops (no routing).
+    """
+    return _capture(model, x, stop=True)[1]
 
 
 def leaks(model):

@@ -73,6 +73,19 @@ def test_trace_ends_at_the_networks_own_capsules(net):
     numpy.testing.assert_allclose(steps[0][0], uniform, atol=1e-7)  # b = 0
 
 
+def test_primary_capsules_stop_before_the_routing(net, monkeypatch):
+    model, x = net
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        scores, u_whole = routing.scores_and_primary_capsules(model, x)
+        calls = []
+        forward = model.digits.forward
+        monkeypatch.setattr(model.digits, 'forward', lambda *a: calls.append(a) or forward(*a))
+        u = routing.primary_capsules(model, x)
+    assert not calls and not model.digits.local_link_hooks  # the class capsules never ran
+    numpy.testing.assert_array_equal(u.array, u_whole.array)
+    assert scores.shape == (6, 10)
+
+
 def test_grid_shape_and_top_count():
     assert routing.grid_shape(CapsNet()) == (32, 6, 6)
     assert routing.grid_shape(CapsNet(in_shape=(1, 36, 36))) == (32, 10, 10)
