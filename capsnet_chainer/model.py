@@ -129,9 +129,11 @@ class CapsNet(chainer.Chain):
         if min(channels, n_type, P, D) < 1:
             raise ValueError('conv1_channels, n_primary_type, primary_dim and capsule_dim '
                              'must be >= 1')
-        values = (channels, n_type, P, D, bool(none_of_the_above), bool(standardize))
-        self.config.update((name, value) for (name, default), value
-                           in zip(ADAPTATIONS, values) if value != default)
+        values = {'conv1_channels': channels, 'n_primary_type': n_type, 'primary_dim': P,
+                  'capsule_dim': D, 'none_of_the_above': bool(none_of_the_above),
+                  'standardize': bool(standardize)}
+        self.config.update((name, values[name]) for name, default in ADAPTATIONS
+                           if values[name] != default)
         with self.init_scope():
             self.conv1 = Convolution2D(C, channels, CONV1_KSIZE, initialW=DEFAULT_INITIALW)
             self.primary = PrimaryCapsules(channels, n_type, P, PRIMARY_KSIZE, PRIMARY_STRIDE,
@@ -170,8 +172,9 @@ class CapsNet(chainer.Chain):
         """
         if self.config.get('standardize'):
             x = per_image_standardization(x)
+        # h (B, H - 8, W - 8, conv1_channels): (B, 20, 20, 256) on MNIST
         h = self.conv1.forward_nhwc(F.transpose(x, (0, 2, 3, 1)),
-                                    slope=self.config['leaky_slope'])  # (B, 20, 20, 256)
+                                    slope=self.config['leaky_slope'])
         return self.digits(self.primary(F.transpose(h, (0, 3, 1, 2))))
 
     def scores(self, x):
