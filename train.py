@@ -65,8 +65,6 @@ BOOKKEEPING_FLAGS = ('resume', 'debug', 'keep', 'snapshot_every', 'vis_every')
 #: not what it computes (N processes train what one does: ``communicator`` too).
 RESUMABLE_CHANGES = ('epoch', 'gpu', 'device', 'out', 'save', 'data_dir',
                      'communicator') + BOOKKEEPING_FLAGS
-#: Flags that snapshots written before them lack: a run resumes those while not given.
-NEWER_FLAGS = ('none_of_the_above', 'image_size', 'test_fraction', 'precision')
 #: What to do about a long run on the CPU, said with the estimate of its time.
 FASTER = ('To go faster: train on a GPU (-g 0), on fewer images (--n-train N) or for '
           'fewer epochs (-e N)')
@@ -333,9 +331,9 @@ def main(argv=None):
 
 def run_settings(args):
     """The settings of a run that a resumed run must share (a JSON-able dict): every
-    flag except :data:`RESUMABLE_CHANGES`; flags newer than snapshots only when given."""
-    settings = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES
-                and not (k in NEWER_FLAGS and v is None)}
+    flag except :data:`RESUMABLE_CHANGES` (a flag newer than a snapshot resumes it where
+    not given: :func:`~capsnet_chainer.training.snapshots.check_snapshot`)."""
+    settings = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
     return json.loads(json.dumps(settings, sort_keys=True))
 
 

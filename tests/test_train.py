@@ -16,8 +16,11 @@ from capsnet_chainer import cli
 from capsnet_chainer import load_model
 from capsnet_chainer.baseline_cnn import BaselineCNN
 from capsnet_chainer.errors import SettingError
+from capsnet_chainer.io.modelfile import SNAPSHOT_MODEL_PATH
 from capsnet_chainer.training import distributed
 from capsnet_chainer.training import nonfinite
+from capsnet_chainer.training.snapshots import SETTINGS_KEY
+from capsnet_chainer.training.snapshots import SnapshotError
 from conftest import REPO
 from conftest import run_train
 from test_dependability import without_time
@@ -379,14 +382,32 @@ def test_run_settings_are_every_flag_but_the_resumable_ones(train, tmp_path):
     args = train.parse_args(['-b', '16', '--reconstruct', '-e', '3', '--save', 'best',
                              '-o', str(tmp_path), '--keep', '2'])
     settings = train.run_settings(args)
-    # flags newer than the snapshots of older runs count only when given
-    assert set(settings) == (set(vars(args)) - set(train.RESUMABLE_CHANGES)
-                             - set(train.NEWER_FLAGS))
-    given = train.parse_args(['--none-of-the-above', '--image-size', '20x20'])
-    assert {'none_of_the_above', 'image_size'} <= set(train.run_settings(given))
+    assert set(settings) == set(vars(args)) - set(train.RESUMABLE_CHANGES)
     assert settings['batchsize'] == 16 and settings['reconstruct'] is True
     assert 'epoch' not in settings and 'keep' not in settings and 'save' not in settings
     assert list(settings) == sorted(settings)  # as JSON stores them
+
+
+def test_a_snapshot_older_than_some_flags_resumes_while_they_are_not_given(train, tmp_path):
+    path = str(tmp_path / 'snapshot_iter_1')
+
+    def args(flags):
+        return train.parse_args(['-o', str(tmp_path), '--resume', path] + flags)
+    newer = ('none_of_the_above', 'image_size', 'test_fraction', 'precision')
+    settings = train.run_settings(args([]))
+    assert all(settings[k] is None for k in newer)  # recorded as null where not given
+    with open(path, 'wb') as f:
+        numpy.savez(f, **{'updater/iteration': numpy.array(1),
+                          SNAPSHOT_MODEL_PATH + 'w': numpy.zeros(1, 'f'),
+                          SETTINGS_KEY: numpy.array(json.dumps(
+                              {k: v for k, v in settings.items() if k not in newer}))})
+    assert train.find_resume_snapshot(args([]), settings) == path
+    for flags in (['--none-of-the-above'], ['--image-size', '20x20'],
+                  ['--test-fraction', '0.5'], ['--precision', 'tf32']):
+        given = args(flags)
+        with pytest.raises(SnapshotError,
+                           match=flags[0] + ' .*[(]not recorded in the snapshot[)]'):
+            train.find_resume_snapshot(given, train.run_settings(given))
 
 
 testing.run_module(__name__, __file__)

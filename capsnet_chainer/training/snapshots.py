@@ -202,7 +202,9 @@ def read_settings(path):
 def check_snapshot(path, settings, describe=describe_setting):
     """Checks that ``path`` is a snapshot a run with ``settings`` can resume from.
 
-    Reads only the small entries of the file, not the weights.
+    Reads only the small entries of the file, not the weights. A setting the snapshot
+    does not record and ``settings`` holds as ``None`` matches: a flag newer than the
+    snapshot, not given in this run.
 
     Args:
         path (str): The snapshot.
@@ -242,7 +244,7 @@ def check_snapshot(path, settings, describe=describe_setting):
     for name in sorted(set(stored) | set(settings)):
         old = stored.get(name, missing)
         new = settings.get(name, missing)
-        if old == new:
+        if old == new or (old is missing and new is None):
             continue
         if old is missing:
             differ.append('{} (not recorded in the snapshot)'.format(describe(name, new)))

@@ -81,6 +81,23 @@ def test_settings_that_differ_are_named_each_way(tmp_path):
                                                   'dataset': 'mnist', 'model': 'capsnet'}
 
 
+def test_a_setting_the_snapshot_lacks_matches_where_this_run_does_not_give_it(tmp_path):
+    """A flag newer than the snapshot: ``None`` in this run resumes it, a value does not;
+    a newer snapshot records it as null."""
+    older, newer = tmp_path / 'snapshot_iter_1', tmp_path / 'snapshot_iter_2'
+    write_snapshot(older, {'seed': 1})
+    write_snapshot(newer, {'seed': 1, 'precision': None})
+    run = {'seed': 1, 'dataset': 'mnist', 'model': 'capsnet'}
+    for path in (older, newer):
+        snapshots.check_snapshot(str(path), dict(run, precision=None))
+    with pytest.raises(snapshots.SnapshotError,
+                       match="precision='tf32' [(]not recorded in the snapshot[)]"):
+        snapshots.check_snapshot(str(older), dict(run, precision='tf32'))
+    with pytest.raises(snapshots.SnapshotError,
+                       match="precision=None [(]this run: precision='tf32'[)]"):
+        snapshots.check_snapshot(str(newer), dict(run, precision='tf32'))
+
+
 def test_a_model_file_is_not_a_snapshot(tmp_path):
     from capsnet_chainer import CapsNet
     from capsnet_chainer import save_model
