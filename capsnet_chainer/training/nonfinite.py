@@ -48,6 +48,16 @@ def float64_sum(arrays):
     return sum(a.sum(dtype=numpy.float64) for a in arrays)
 
 
+def _first_not_finite(named):
+    """The name of the first of ``named`` ``[(name, array), ...]`` whose float64 sum is
+    not finite (a sync for each array it reads), else ``'the parameters'``: finite one
+    by one, but their sum overflowed float64."""
+    for name, a in named:
+        if not numpy.isfinite(to_float(a.sum(dtype=numpy.float64))):
+            return name
+    return 'the parameters'
+
+
 def first_non_finite(link, attr='array'):
     """The name of the first parameter whose ``attr`` holds NaN or inf, else ``None``.
 
@@ -60,10 +70,7 @@ def first_non_finite(link, attr='array'):
         return None
     if numpy.isfinite(to_float(float64_sum(a for _, a in params))):
         return None
-    for name, a in params:
-        if not numpy.isfinite(to_float(a.sum(dtype=numpy.float64))):
-            return name.lstrip('/')
-    return 'the parameters'  # finite one by one, but the sum overflowed float64
+    return _first_not_finite([(name.lstrip('/'), a) for name, a in params])
 
 
 def _culprit(loss, params, target):
@@ -73,10 +80,7 @@ def _culprit(loss, params, target):
     if loss is not None and not numpy.isfinite(to_float(loss)):
         return 'loss ({})'.format(to_float(loss))
     names = {id(p): name.lstrip('/') for name, p in target.namedparams()}
-    for p, grad in params:
-        if not numpy.isfinite(to_float(grad.sum(dtype=numpy.float64))):
-            return 'gradient of {}'.format(names[id(p)])
-    return 'gradient of the parameters'  # finite one by one, but the sum overflowed float64
+    return 'gradient of ' + _first_not_finite([(names[id(p)], g) for p, g in params])
 
 
 def _position(optimizer):
