@@ -53,7 +53,7 @@ class GatedAdamRule(adam.AdamRule):
         self._optimizer = optimizer
 
     def _verdict(self):
-        """The gate's verdict for this step: a boolean array (0-d or 1 element) on the
+        """The gate's verdict for this step: a boolean array of one element on the
         parameter's device, or ``None`` (no gate: update)."""
         gate = getattr(self._optimizer, 'gate', None)
         return None if gate is None else gate.ok
@@ -80,7 +80,7 @@ class GatedAdamRule(adam.AdamRule):
                 KERNEL_IN, KERNEL_OUT, KERNEL_BODY, 'gated_adam')
         GatedAdamRule._gated_kernel(
             grad, self.alpha_t, 1 - hp.beta1, 1 - hp.beta2, hp.eps, hp.eta,
-            hp.weight_decay_rate, self._dummy, ok.reshape(1),
+            hp.weight_decay_rate, self._dummy, ok,
             param.data, self.state['m'], self.state['v'])
 
 
@@ -88,8 +88,8 @@ class GatedAdam(chainer.optimizers.Adam):
     """Chainer's :class:`~chainer.optimizers.Adam`, whose update ``gate`` can skip.
 
     ``gate`` is ``None`` (Chainer's Adam) or an object whose ``ok``, read by every
-    parameter's update, is ``None`` (update) or a boolean array on the parameters'
-    device that is false for a step that must not reach the weights; the updater sets
+    parameter's update, is ``None`` (update) or a boolean array of one element on the
+    parameters' device that is false for a step that must not reach the weights; the updater sets
     it (:meth:`set_gate`). Snapshots hold what Adam's hold, so either optimizer resumes
     from the other's.
     """

@@ -99,12 +99,12 @@ class _Verdict(object):
     def __init__(self, ok, loss, params, position):
         self.loss, self.params, self.position = loss, params, position
         if backend.get_array_module(ok) is numpy:
-            self._host, self._event = numpy.asarray(ok).reshape(1), None
+            self._host, self._event = ok, None
         else:
             import cupy
             import cupyx
             self._host = cupyx.empty_pinned((1,), numpy.bool_)
-            ok.reshape(1).get(out=self._host, blocking=False)
+            ok.get(out=self._host, blocking=False)
             self._event = cupy.cuda.Event(disable_timing=True)
             self._event.record()
 
@@ -140,8 +140,9 @@ class NonFiniteCheck(object):
     def __init__(self, defer=False):
         self.defer = defer
         self.loss = None  # the array of the loss of the step in progress
-        #: The verdict on the step in progress (``defer``): a boolean array on the
-        #: device, true where its loss and gradients are all finite
+        #: The verdict on the step in progress (``defer``): a boolean array of one
+        #: element on the device (the shape the gated kernel reads), true where its
+        #: loss and gradients are all finite
         self.ok = None
         self._pending = None  # the last step's _Verdict (defer)
         self._target = None
@@ -162,7 +163,7 @@ class NonFiniteCheck(object):
         params = [(p, p.grad) for p in optimizer.target.params() if p.grad is not None]
         total = float64_sum([g for _, g in params] + ([loss] if loss is not None else []))
         if self.defer:
-            self.ok = backend.get_array_module(total).isfinite(total)  # no sync
+            self.ok = backend.get_array_module(total).isfinite(total).reshape(1)  # no sync
             self._target = optimizer.target
             self._pending = _Verdict(self.ok, loss, params, _position(optimizer))
         elif not numpy.isfinite(to_float(total)):  # the one sync

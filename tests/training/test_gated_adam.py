@@ -18,7 +18,8 @@ from conftest import nvcc_compile
 
 
 class _Gate(object):
-    """A gate whose verdict the test sets."""
+    """A gate whose verdict (``None``, or a boolean array of one element) the test
+    sets."""
 
     def __init__(self, ok=None):
         self.ok = ok
@@ -52,7 +53,7 @@ def _train(optimizer_class, device, gate=None, closed=(), n=5):
     history = []
     for step, loss in enumerate(_losses(model, device, n), 1):
         if gate is not None and closed is not None:
-            gate.ok = device.xp.asarray(step not in closed)
+            gate.ok = device.xp.asarray([step not in closed])
         optimizer.update(loss)
         history.append(_state(model))
     return history

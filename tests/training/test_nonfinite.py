@@ -148,6 +148,7 @@ def test_deferred_check_skips_a_nan_loss_and_raises_in_the_next_step():
         return chainer.functions.sum(model.b(model.a(x))) * scale[optimizer.t]
     optimizer.update(check.watch(loss_func))  # finite
     assert bool(check.ok) and optimizer.t == 1
+    assert check.ok.shape == (1,)  # as the gated kernel reads it
     after_first = _weights(model)
     optimizer.update(check.watch(loss_func))  # NaN: skipped, no error yet
     assert not bool(check.ok) and optimizer.t == 2
