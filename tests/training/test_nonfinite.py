@@ -20,6 +20,16 @@ class _Two(chainer.Chain):
             self.b = L.Linear(3, 1)
 
 
+def _nan_gradient_loss(model):
+    """sqrt(u^2) at u = 0: a loss of the :class:`_Two` ``model`` on ``x``, ``u = W x``;
+    where ``x`` is 0 it is 0, finite, but its gradient of a/W is NaN (inf x 0)."""
+
+    def loss_func(x):
+        u = model.a(x) - model.a.b
+        return chainer.functions.sum(chainer.functions.sqrt(u * u))
+    return loss_func
+
+
 def test_error_names_what_and_where_and_is_a_capsnet_error():
     e = nonfinite.NonFiniteError('loss (nan)', 2, 17)
     assert str(e) == 'non-finite loss (nan) at epoch 2, iteration 17'
@@ -88,13 +98,9 @@ def test_check_raises_for_a_non_finite_loss_before_the_update():
 
 
 def test_check_raises_for_a_non_finite_gradient_of_a_finite_loss_naming_it():
-    """sqrt(u^2) at u = 0: a loss of 0 whose gradient is NaN (inf x 0)."""
     model = _Two()
     optimizer, watch = _optimizer(model)
-
-    def loss_func(x):
-        u = model.a(x) - model.a.b
-        return chainer.functions.sum(chainer.functions.sqrt(u * u))
+    loss_func = _nan_gradient_loss(model)
     optimizer.update(watch(loss_func), numpy.ones((1, 2), numpy.float32))  # finite
     assert optimizer.t == 1
     optimizer.new_epoch()
@@ -163,14 +169,9 @@ def test_deferred_check_skips_a_nan_loss_and_raises_in_the_next_step():
 
 
 def test_deferred_check_names_the_gradient_and_settle_raises_once():
-    """sqrt(u^2) at u = 0: a finite loss whose gradient of a/W is NaN."""
     model = _Two()
     optimizer, check = _deferred(model)
-
-    def loss_func(x):
-        u = model.a(x) - model.a.b
-        return chainer.functions.sum(chainer.functions.sqrt(u * u))
-    optimizer.update(check.watch(loss_func), numpy.zeros((1, 2), numpy.float32))
+    optimizer.update(check.watch(_nan_gradient_loss(model)), numpy.zeros((1, 2), numpy.float32))
     with pytest.raises(nonfinite.NonFiniteError) as e:
         check.settle()
     assert str(e.value) == 'non-finite gradient of a/W at epoch 1, iteration 1'
