@@ -63,7 +63,6 @@ class ConverterStateUpdater(training.updaters.StandardUpdater):
             loss_func = check.watch(loss_func or optimizer.target)
             optimizer.add_hook(check, timing='pre')
         super().__init__(iterator, optimizer, loss_func=loss_func, **kwargs)
-        self.check_finite = check_finite
         self.check_types_once = check_types_once
         self._types_checked = False  # not in the snapshot: a resumed run checks again
         #: Seconds spent in updates so far (for :class:`EpochTimes`; not in the snapshot)
