@@ -4,7 +4,10 @@
 :mod:`chainer.functions` and with no kernel of ours: Chainer's convolution, capsule
 type ``k`` at a grid cell as channels ``8k .. 8k+7``, one ``8 -> 160`` product per
 primary capsule with its type's (or its own) matrix, the library's plain routing
-(:func:`capsnet_chainer.functions.routing`, Procedure 1), the decoder. The kernels
+(:func:`capsnet_chainer.functions.routing`, Procedure 1), the decoder; where the
+network standardizes its input, the library's
+:func:`~capsnet_chainer.functions.per_image_standardization` (checked against NumPy in
+test_functions.py). The kernels
 themselves are compared with the library's plain functions in kernels/test_routing.py
 and kernels/test_prediction.py, and with Chainer's convolution in kernels/test_conv.py.
 For every switch of :class:`CapsNet` the fast model's outputs, loss and the gradients
@@ -24,21 +27,11 @@ from chainer.backends.cuda import to_cpu
 from capsnet_chainer import CapsNet
 from capsnet_chainer import links
 from capsnet_chainer.functions import EPS
+from capsnet_chainer.functions import per_image_standardization
 from capsnet_chainer.functions import routing
 from capsnet_chainer.functions import squash
 from capsnet_chainer.kernels import conv as conv_kernel
 from conftest import get_device
-
-
-def plain_standardization(x):
-    """Each image minus its mean, over max(its standard deviation, 1 / sqrt(C H W))."""
-    B = x.shape[0]
-    flat = F.reshape(x, (B, -1))
-    h = flat - F.broadcast_to(F.mean(flat, axis=1, keepdims=True), flat.shape)
-    std = F.sqrt(F.mean(h * h, axis=1, keepdims=True))
-    floor = numpy.float64(1 / numpy.sqrt(flat.shape[1])).astype(x.dtype)
-    return F.reshape(h / F.broadcast_to(F.maximum(std, floor * std.xp.ones_like(std.array)),
-                                        h.shape), x.shape)
 
 
 def plain_capsules(model, x):
@@ -48,7 +41,7 @@ def plain_capsules(model, x):
     T, P, D = (cfg.get('n_primary_type', 32), cfg.get('primary_dim', 8),
                cfg.get('capsule_dim', 16))
     if cfg.get('standardize'):
-        x = plain_standardization(x)
+        x = per_image_standardization(x)
     h = F.convolution_2d(x, model.conv1.W, model.conv1.b)
     h = F.relu(h) if cfg['leaky_slope'] == 0 else F.leaky_relu(h, cfg['leaky_slope'])
     h = F.convolution_2d(h, model.primary.conv.W, model.primary.conv.b, stride=2)
