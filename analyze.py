@@ -15,7 +15,8 @@ test set (the digits centred on 40x40), and on the official affNIST test files o
 ``--affnist-dir`` or, without them, on an affine-transformed MNIST test set that stands
 in for affNIST (and is named so): ``metrics.json`` gives both (``transformed``).
 Other data sets' figures name the classes, and draw colour images in colour;
-``--load A B C`` also scores the models as an ensemble (``ensemble``).
+``--load A B C`` also scores the models as an ensemble (``ensemble``; not MultiMNIST's
+pairs, which have two labels each).
 
 A MultiMNIST model gets the paper's Figure 5 instead: ``multimnist.png`` (the first
 test pairs), ``multimnist_right.png`` and ``multimnist_wrong.png``, each pair beside its
@@ -73,7 +74,8 @@ def parse_args(argv=None):
                         help='model written by train.py --save (also: a train.py '
                              'snapshot, or a model saved by the reference implementation); '
                              'several: also score them as an ensemble, the mean of their '
-                             'class capsules\' lengths (the figures are the first\'s)')
+                             'class capsules\' lengths (the figures are the first\'s; not '
+                             'for multimnist)')
     parser.add_argument('--out', '-o', default='analyze_result',
                         help='folder for the figures and metrics.json')
     parser.add_argument('--dataset', choices=tuple(protocols.PROTOCOLS), default=None,
@@ -223,6 +225,10 @@ def analyze(argv=None):
         raise cli.CLIError('{} records the data set {!r}, which this version does not know; '
                            'pass --dataset'.format(args.load, dataset))
     protocol = protocols.protocol(dataset)
+    if protocol.pairs and args.ensemble:  # refused before the pairs are made and scored
+        raise cli.CLIError('--load: {} models as an ensemble, but --dataset {} has two labels '
+                           'per image, and an ensemble scores one; pass one model'.format(
+                               1 + len(args.ensemble), dataset), cli.EXIT_USAGE)
     print('# dataset: {} ({})'.format(protocol.title, 'from --dataset' if args.dataset else
                                       'as the model file records' if recorded
                                       else 'the default: the model file records none'))

@@ -215,6 +215,18 @@ def test_bad_log_is_refused_before_the_scoring(untrained_model, tmp_path, conten
     assert not (tmp_path / 'out').exists()
 
 
+def test_ensemble_of_pair_models_is_refused_before_the_data(mnist_dir, tmp_path):
+    # An ensemble averages one label per image: MultiMNIST pairs have two.
+    path = str(tmp_path / 'pairs_model')
+    save_model(CapsNet(in_shape=(1, 36, 36), reconstruct=True), path,
+               {'epoch': 0, 'dataset': 'multimnist'})
+    proc = run_analyze(['--load', path, path, '--dataset', 'multimnist', '--data-dir',
+                        mnist_dir, '--n-test', '2', '--top-k', '1', '-o', 'out'], tmp_path)
+    assert_one_line_error(proc, '--dataset multimnist', returncode=2)
+    assert '--load' in proc.stderr and 'one model' in proc.stderr
+    assert not (tmp_path / 'out').exists()
+
+
 def test_missing_model_file(tmp_path):
     proc = run_analyze(['--load', str(tmp_path / 'nothing')], tmp_path)
     assert_one_line_error(proc, 'no such file')
