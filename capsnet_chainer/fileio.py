@@ -79,13 +79,19 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
-def file_sha256(path):
-    """SHA-256 of a file's bytes, as hex."""
-    h = hashlib.sha256()
+def file_digest(path, algorithm='sha256'):
+    """The hex digest of a file's bytes by ``algorithm`` (a :func:`hashlib.new` name:
+    ``'sha256'``, ``'md5'``), read in chunks of 1 MiB (data sets' files are large)."""
+    h = hashlib.new(algorithm)
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path):
+    """SHA-256 of a file's bytes, as hex."""
+    return file_digest(path, 'sha256')
 
 
 class BackgroundWriter(object):

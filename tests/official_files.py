@@ -22,12 +22,8 @@ import numpy
 
 from capsnet_chainer.datasets import cifar10
 from capsnet_chainer.datasets import smallnorb
+from capsnet_chainer.fileio import file_digest
 from conftest import REPO
-
-
-def digest(path, algorithm='md5'):
-    with open(path, 'rb') as f:
-        return hashlib.new(algorithm, f.read()).hexdigest()
 
 
 def rgb_images(n, size=32, seed=0):
@@ -72,7 +68,7 @@ def write_cifar10(folder, per_batch=4, n_test=6, archive=True, seed=0):
                 info = tarfile.TarInfo(cifar10.FOLDER + '/' + name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-        md5[cifar10.ARCHIVE] = digest(path)
+        md5[cifar10.ARCHIVE] = file_digest(path, 'md5')
     else:
         path = os.path.join(folder, cifar10.FOLDER)
         os.makedirs(path, exist_ok=True)
@@ -107,7 +103,7 @@ def write_svhn(folder, n_train=12, n_test=5, seed=0):
         path = os.path.join(folder, name)
         savemat(path, {'X': numpy.ascontiguousarray(x.transpose((1, 2, 3, 0))), 'y': y})
         sets.append((x, t))
-        md5[name] = digest(path)
+        md5[name] = file_digest(path, 'md5')
     return sets[0], sets[1], md5
 
 
@@ -138,7 +134,7 @@ def write_smallnorb(folder, n_pairs=10, gz=False, seed=0):
             name = prefix + suffix + ('.gz' if gz else '')
             with open(os.path.join(folder, name), 'wb') as f:
                 f.write(gzip.compress(data) if gz else data)
-            sha256[name] = digest(os.path.join(folder, name), 'sha256')
+            sha256[name] = file_digest(os.path.join(folder, name))
         sets.append((x, t))
     return sets[0], sets[1], sha256
 

@@ -6,22 +6,12 @@ A file of the right name whose checksum differs is refused: the message says so 
 that arrays of one's own train with ``--dataset npz`` or ``--dataset folder``.
 """
 
-import hashlib
-
 from capsnet_chainer.datasets.idx import DatasetError
+from capsnet_chainer.fileio import file_digest
 
 #: What to do with files that are not the official ones, said by every mismatch.
 OTHER_FILES = ('download it again from {url}; to train on other images, use --dataset '
                'npz (arrays) or --dataset folder (image files)')
-
-
-def file_digest(path, algorithm='md5'):
-    """The hex digest of a file's bytes (``'md5'`` or ``'sha256'``)."""
-    h = hashlib.new(algorithm)
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify(path, expected, title, url, algorithm='md5'):
