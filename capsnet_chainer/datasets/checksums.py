@@ -6,6 +6,8 @@ A file of the right name whose checksum differs is refused: the message says so 
 that arrays of one's own train with ``--dataset npz`` or ``--dataset folder``.
 """
 
+import hashlib
+
 from capsnet_chainer.datasets.idx import DatasetError
 from capsnet_chainer.fileio import file_digest
 
@@ -14,7 +16,7 @@ OTHER_FILES = ('download it again from {url}; to train on other images, use --da
                'npz (arrays) or --dataset folder (image files)')
 
 
-def verify(path, expected, title, url, algorithm='md5'):
+def verify(path, expected, title, url, algorithm='md5', data=None):
     """Checks ``path`` against ``expected``.
 
     Args:
@@ -23,11 +25,14 @@ def verify(path, expected, title, url, algorithm='md5'):
         title (str): The data set, for the message (``'CIFAR-10'``).
         url (str): Where the official files are, for the message.
         algorithm (str): ``'md5'`` or ``'sha256'``.
+        data (bytes): The file's bytes where the caller has read them already
+            (``None``: read from ``path``).
 
     Raises:
         DatasetError: The digest differs.
     """
-    got = file_digest(path, algorithm)
+    got = (file_digest(path, algorithm) if data is None
+           else hashlib.new(algorithm, data).hexdigest())
     if got != expected:
         raise DatasetError('{}: {} checksum mismatch ({} {}, the official file has {}): not '
                            'the official {} file, or damaged; {}'.format(

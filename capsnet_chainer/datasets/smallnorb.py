@@ -25,7 +25,6 @@ even row and column.
     :obj:`t`, ":math:`()`", :obj:`int32`, "class 0..4: animal, human, airplane, truck, car"
 """
 
-import gzip
 import os
 import struct
 
@@ -33,6 +32,7 @@ import numpy
 
 from capsnet_chainer.datasets import checksums
 from capsnet_chainer.datasets.idx import DatasetError
+from capsnet_chainer.datasets.idx import gunzip
 from capsnet_chainer.datasets.images import LabelledImages
 from capsnet_chainer.errors import SettingError
 
@@ -93,12 +93,10 @@ def _read(folder, name):
     (checked) or the decompressed file."""
     path = os.path.join(folder, name)
     if os.path.isfile(path + '.gz'):
-        checksums.verify(path + '.gz', SHA256[name + '.gz'], TITLE, URL, 'sha256')
-        with gzip.open(path + '.gz', 'rb') as f:
-            try:
-                return f.read(), path + '.gz'
-            except (OSError, EOFError) as e:
-                raise DatasetError('{}.gz: not a complete gzip file ({})'.format(path, e))
+        with open(path + '.gz', 'rb') as f:
+            data = f.read()  # once, for the checksum and the decompression
+        checksums.verify(path + '.gz', SHA256[name + '.gz'], TITLE, URL, 'sha256', data)
+        return gunzip(data, path + '.gz'), path + '.gz'
     with open(path, 'rb') as f:
         return f.read(), path
 

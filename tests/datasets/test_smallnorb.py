@@ -11,6 +11,7 @@ from chainer import testing
 
 from capsnet_chainer.datasets import smallnorb
 from capsnet_chainer.datasets.idx import DatasetError
+from capsnet_chainer.fileio import file_digest
 from official_files import norb_matrix
 from official_files import write_smallnorb
 
@@ -28,9 +29,20 @@ def test_the_pairs_are_read_and_downsampled(tmp_path, monkeypatch, gz):
         smallnorb.read_smallnorb(str(tmp_path))
 
 
-def test_gzipped_files_are_checked(tmp_path):
-    write_smallnorb(str(tmp_path), n_pairs=3, gz=True)
+def test_gzipped_files_are_checked(tmp_path, monkeypatch):
+    _, _, sha256 = write_smallnorb(str(tmp_path), n_pairs=3, gz=True)
     with pytest.raises(DatasetError, match='-dat.mat.gz: SHA256 checksum mismatch'):
+        smallnorb.read_smallnorb(str(tmp_path), n_pairs=3)
+    # A truncated file of the right checksum is named as such
+    name = smallnorb.PREFIXES['train'] + '-dat.mat.gz'
+    path = os.path.join(str(tmp_path), name)
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    sha256[name] = file_digest(path)
+    monkeypatch.setattr(smallnorb, 'SHA256', sha256)
+    with pytest.raises(DatasetError, match='-dat.mat.gz: truncated or corrupt gzip data'):
         smallnorb.read_smallnorb(str(tmp_path), n_pairs=3)
 
 
