@@ -101,32 +101,30 @@ def _read(folder, name):
         return f.read(), path
 
 
-def read_set(folder, prefix, n_pairs=None):
+def read_set(folder, prefix):
     """The images ``(N, 2, 48, 48)`` uint8 and labels ``(N,)`` int32 of one set
-    (``n_pairs`` pairs, default :data:`N_PAIRS`)."""
-    n_pairs = N_PAIRS if n_pairs is None else n_pairs
+    (:data:`N_PAIRS` pairs)."""
     data, where = _read(folder, prefix + '-dat.mat')
     x = parse_matrix(data, where)
-    if x.dtype != numpy.uint8 or x.shape != (n_pairs, 2, SIDE, SIDE):
+    if x.dtype != numpy.uint8 or x.shape != (N_PAIRS, 2, SIDE, SIDE):
         raise DatasetError('{}: must hold {} x 2 x {} x {} bytes, holds {} x {}'.format(
-            where, n_pairs, SIDE, SIDE, ' x '.join(map(str, x.shape)), x.dtype.name))
+            where, N_PAIRS, SIDE, SIDE, ' x '.join(map(str, x.shape)), x.dtype.name))
     data, where = _read(folder, prefix + '-cat.mat')
     t = parse_matrix(data, where)
-    if t.dtype.kind != 'i' or t.shape != (n_pairs,):
+    if t.dtype.kind != 'i' or t.shape != (N_PAIRS,):
         raise DatasetError('{}: must hold {} int32 classes, holds {} x {}'.format(
-            where, n_pairs, ' x '.join(map(str, t.shape)), t.dtype.name))
+            where, N_PAIRS, ' x '.join(map(str, t.shape)), t.dtype.name))
     if t.min() < 0 or t.max() >= len(CLASS_NAMES):
         raise DatasetError('{}: classes must be 0..4'.format(where))
     return x[:, :, ::2, ::2].copy(), t.astype(numpy.int32)
 
 
-def read_smallnorb(path, data_dir_name='data_dir', n_pairs=None):
+def read_smallnorb(path, data_dir_name='data_dir'):
     """Reads smallNORB's training and test pairs, downsampled to 48 x 48.
 
     Args:
         path (str): The folder of the files.
         data_dir_name (str): How messages name ``path``.
-        n_pairs (int): Pairs in each set (``None``: :data:`N_PAIRS`, 24,300).
 
     Returns:
         tuple: ``(train, test)``, two
@@ -145,7 +143,7 @@ def read_smallnorb(path, data_dir_name='data_dir', n_pairs=None):
                                    ', '.join(names), URL))
     sets = []
     for prefix in PREFIXES.values():
-        x, t = read_set(path, prefix, n_pairs)
+        x, t = read_set(path, prefix)
         x = x.astype(numpy.float32)
         x *= 1. / 255.
         sets.append(LabelledImages(x, t, CLASS_NAMES))
