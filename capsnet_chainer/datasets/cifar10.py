@@ -65,7 +65,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def parse_batch(data, where):
-    """The images ``(N, 32, 32, 3)`` uint8 and labels ``(N,)`` int32 of one pickled
+    """The images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int32 of one pickled
     batch."""
     batch = unpickle(data, where)
     try:
@@ -79,7 +79,7 @@ def parse_batch(data, where):
             where, x.shape, t.shape))
     if len(t) and (t.min() < 0 or t.max() > 9):
         raise DatasetError('{}: labels must be 0..9'.format(where))
-    return x.reshape((-1, 3, 32, 32)).transpose((0, 2, 3, 1)), t.astype(numpy.int32)
+    return x.reshape((-1, 3, 32, 32)), t.astype(numpy.int32)
 
 
 def unpickle(data, where):
@@ -133,14 +133,13 @@ def read_cifar10(path, data_dir_name='data_dir'):
         ``(N, 3, 32, 32)`` float32 in [0, 1].
     """
     members = _members(path, data_dir_name)
+    names = class_names(members['batches.meta'], path)
     sets = []
-    for names in (TRAIN_BATCHES, ('test_batch',)):
-        parts = [parse_batch(members[n], '{}: {}'.format(path, n)) for n in names]
-        x = numpy.concatenate([p[0] for p in parts]).transpose((0, 3, 1, 2))
-        x = x.astype(numpy.float32)
+    for batches in (TRAIN_BATCHES, ('test_batch',)):
+        parts = [parse_batch(members[n], '{}: {}'.format(path, n)) for n in batches]
+        x = numpy.concatenate([p[0] for p in parts]).astype(numpy.float32)
         x *= 1. / 255.
-        sets.append(LabelledImages(x, numpy.concatenate([p[1] for p in parts]),
-                                   class_names(members['batches.meta'], path)))
+        sets.append(LabelledImages(x, numpy.concatenate([p[1] for p in parts]), names))
     return tuple(sets)
 
 

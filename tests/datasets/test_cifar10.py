@@ -27,6 +27,9 @@ def test_the_archive_or_its_folder_is_read(tmp_path, monkeypatch, archive, given
     assert train.class_names == cifar10.CLASS_NAMES
     # the batches in order; each row the red, green and blue planes, row by row
     numpy.testing.assert_allclose(train.images, x.transpose((0, 3, 1, 2)) / 255, rtol=1e-6)
+    numpy.testing.assert_allclose(test.images, x_test.transpose((0, 3, 1, 2)) / 255,
+                                  rtol=1e-6)
+    assert train.images.flags.c_contiguous and test.images.flags.c_contiguous
     numpy.testing.assert_array_equal(train.labels, t)
     numpy.testing.assert_array_equal(test.labels, t_test)
 
