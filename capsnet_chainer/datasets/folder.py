@@ -7,10 +7,11 @@ The layout::
 
 The classes are the subfolder names, sorted; ``test/`` must have the same ones. Pillow
 reads the images: grey levels stay one channel and colour images three (a palette image
-or one with alpha is read as RGB, a 16-bit grey one as 8-bit grey); a mix of grey and
-colour is read as colour, and said so. Images of different sizes need ``image_size``
-(``--image-size HxW``), to which every image is resized (bilinear); without it they are
-refused, naming two files of different sizes. Without ``test/``, ``test_fraction`` of each
+or a colour one with alpha is read as RGB and a grey one with alpha as grey, the alpha
+dropped; a 16-bit grey one as 8-bit grey); a mix of grey and colour is read as colour,
+and said so. Images of different sizes need ``image_size`` (``--image-size HxW``), to
+which every image is resized (bilinear); without it they are refused, naming two files
+of different sizes. Without ``test/``, ``test_fraction`` of each
 class (at least one image) is held out, drawn with the seed :data:`SPLIT_SEED`. Both sets
 come in an order shuffled with that seed, so that ``--n-train N`` takes images of every
 class.
