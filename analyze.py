@@ -232,8 +232,8 @@ def analyze(argv=None):
     print('# dataset: {} ({})'.format(protocol.title, 'from --dataset' if args.dataset else
                                       'as the model file records' if recorded
                                       else 'the default: the model file records none'))
-    # A DatasetError is one line in cli.run
-    _, digits = protocol.load(args.data_dir, data_dir_name='--data-dir',
+    # A DatasetError is one line in cli.run; the training images are not needed
+    _, digits = protocol.load(args.data_dir, data_dir_name='--data-dir', test_only=True,
                               **protocol.recorded_settings(meta))
     test_set = protocol.recorded_test_set(meta, args.n_test)
     test = protocol.make_test_set(digits, test_set)

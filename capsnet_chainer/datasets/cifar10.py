@@ -90,8 +90,10 @@ def unpickle(data, where):
             where, type(e).__name__, e)) from None
 
 
-def _members(path, data_dir_name):
-    """``{name: bytes}`` of the seven files, from the archive or the folder, checked."""
+def _members(path, data_dir_name, names=tuple(MD5)):
+    """``{name: bytes}`` of ``names`` (default: the seven files), from the archive or the
+    folder, checked; all seven must be there."""
+    names = [name for name in MD5 if name in names]  # checked in the table's order
     if path is None:
         raise SettingError('data_dir', 'is needed: where {} or its folder {} is ({})'.format(
             ARCHIVE, FOLDER, URL))
@@ -103,12 +105,12 @@ def _members(path, data_dir_name):
                 found = {os.path.basename(m.name): m for m in archive.getmembers()
                          if m.isfile() and os.path.basename(m.name) in MD5}
                 _check_all(where, found)
-                return {name: archive.extractfile(found[name]).read() for name in found}
+                return {name: archive.extractfile(found[name]).read() for name in names}
         if os.path.isdir(where) and any(os.path.isfile(os.path.join(where, n)) for n in MD5):
             _check_all(where, [n for n in MD5 if os.path.isfile(os.path.join(where, n))])
             members = {}
-            for name, md5 in MD5.items():
-                checksums.verify(os.path.join(where, name), md5, TITLE, URL)
+            for name in names:
+                checksums.verify(os.path.join(where, name), MD5[name], TITLE, URL)
                 with open(os.path.join(where, name), 'rb') as f:
                     members[name] = f.read()
             return members
@@ -124,23 +126,29 @@ def _check_all(where, found):
             where, ', '.join(missing), URL))
 
 
-def read_cifar10(path, data_dir_name='data_dir'):
+def read_cifar10(path, data_dir_name='data_dir', test_only=False):
     """Reads CIFAR-10's training (50,000) and test (10,000) images.
+
+    Args:
+        test_only (bool): Read only the test batch (the training batches must be there).
 
     Returns:
         tuple: ``(train, test)``, two
         :class:`~capsnet_chainer.datasets.images.LabelledImages`, images
-        ``(N, 3, 32, 32)`` float32 in [0, 1].
+        ``(N, 3, 32, 32)`` float32 in [0, 1]; ``train`` is ``None`` with ``test_only``.
     """
-    members = _members(path, data_dir_name)
+    batches = {'train': TRAIN_BATCHES, 'test': ('test_batch',)}
+    if test_only:
+        del batches['train']
+    members = _members(path, data_dir_name, ('batches.meta',) + sum(batches.values(), ()))
     names = class_names(members['batches.meta'], path)
-    sets = []
-    for batches in (TRAIN_BATCHES, ('test_batch',)):
-        parts = [parse_batch(members[n], '{}: {}'.format(path, n)) for n in batches]
+    sets = {}
+    for key, files in batches.items():
+        parts = [parse_batch(members[n], '{}: {}'.format(path, n)) for n in files]
         x = numpy.concatenate([p[0] for p in parts]).astype(numpy.float32)
         x *= 1. / 255.
-        sets.append(LabelledImages(x, numpy.concatenate([p[1] for p in parts]), names))
-    return tuple(sets)
+        sets[key] = LabelledImages(x, numpy.concatenate([p[1] for p in parts]), names)
+    return sets.get('train'), sets['test']
 
 
 def class_names(meta, path):

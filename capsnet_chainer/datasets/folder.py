@@ -135,7 +135,8 @@ def _split(classes, test_fraction, rs):
     return train, test
 
 
-def read_folder(path, image_size=None, test_fraction=None, data_dir_name='data_dir'):
+def read_folder(path, image_size=None, test_fraction=None, data_dir_name='data_dir',
+                test_only=False):
     """Reads a folder of images (the layout of this module's docstring).
 
     Args:
@@ -145,11 +146,15 @@ def read_folder(path, image_size=None, test_fraction=None, data_dir_name='data_d
         test_fraction (float): Without ``DIR/test``, the fraction of each class to hold
             out (``None``: :data:`DEFAULT_TEST_FRACTION`); must be ``None`` with it.
         data_dir_name (str): How messages name ``path`` (``'--data-dir'``).
+        test_only (bool): Decode only the test images; the training images are still
+            listed and their headers read, which decide the split, the colour and the
+            size check, so that the test set is the one a full read gives.
 
     Returns:
         tuple: ``(train, test)``, two :class:`~capsnet_chainer.datasets.images.
         LabelledImages`; ``test.record`` says how the test set was made
-        (``{'test_fraction', 'seed'}`` when held out, else ``{}``).
+        (``{'test_fraction', 'seed'}`` when held out, else ``{}``); ``train`` is ``None``
+        with ``test_only``.
     """
     if path is None:
         raise SettingError('data_dir', 'is needed: the folder of images ({})'.format(LAYOUT))
@@ -199,6 +204,9 @@ def read_folder(path, image_size=None, test_fraction=None, data_dir_name='data_d
                                                                format_size(image_size)))
     sets = []
     for examples in (train, test):
+        if test_only and examples is train:
+            sets.append(None)
+            continue
         x = numpy.stack([decode(p, any(colour), image_size) for p, _ in examples])
         x = x.transpose((0, 3, 1, 2)).astype(numpy.float32)
         x *= 1. / 255.

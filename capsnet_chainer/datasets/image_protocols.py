@@ -52,8 +52,10 @@ class ImageProtocol(Protocol):
 
     Args:
         name, title: As :class:`~capsnet_chainer.datasets.protocol_base.Protocol`'s.
-        read (callable): ``read(data_dir, data_dir_name=..., **settings)`` -> ``(train,
-            test)`` of :class:`~capsnet_chainer.datasets.images.LabelledImages`.
+        read (callable): ``read(data_dir, data_dir_name=..., test_only=..., **settings)``
+            -> ``(train, test)`` of :class:`~capsnet_chainer.datasets.images.
+            LabelledImages`; with ``test_only``, ``(None, test)``, the same ``test``
+            without reading the training images.
         class_names (tuple of str): The classes when the data set fixes them (``()``:
             they come from the data).
         settings (tuple of str): The settings of
@@ -93,15 +95,16 @@ class ImageProtocol(Protocol):
         return self.max_shift if max_shift is None else max_shift
 
     def load(self, data_dir=None, n_train=None, n_test=None, data_dir_name='data_dir',
-             **settings):
-        """The training and test images, the first ``n_train`` and ``n_test`` of them."""
-        train, test = self.read(data_dir, data_dir_name=data_dir_name,
+             test_only=False, **settings):
+        """The training and test images, the first ``n_train`` and ``n_test`` of them;
+        with ``test_only``, ``(None, test)``: the training images are not read."""
+        train, test = self.read(data_dir, data_dir_name=data_dir_name, test_only=test_only,
                                 **{k: v for k, v in settings.items() if k in self.settings})
         for n, images, flag in ((n_train, train, 'n_train'), (n_test, test, 'n_test')):
-            if n is not None and n > len(images):
+            if n is not None and images is not None and n > len(images):
                 raise SettingError(flag, 'exceeds the {} images of {}'.format(
                     len(images), self.title), n)
-        return train.subset(n_train), test.subset(n_test)
+        return None if train is None else train.subset(n_train), test.subset(n_test)
 
     def make_data(self, train, heldout, test, n_test=None, max_shift=None,
                   shift_per_image=False, seed=0, part=(0, 1)):

@@ -70,7 +70,7 @@ def class_names_of(arrays, path):
     return names
 
 
-def read_npz(path, image_size=None, data_dir_name='data_dir'):
+def read_npz(path, image_size=None, data_dir_name='data_dir', test_only=False):
     """Reads the training and test sets of an ``.npz`` file (the layout above).
 
     Args:
@@ -78,10 +78,13 @@ def read_npz(path, image_size=None, data_dir_name='data_dir'):
         image_size (tuple of int): ``(H, W)`` to resize every image to (bilinear);
             ``None``: the arrays' own.
         data_dir_name (str): How messages name ``path``.
+        test_only (bool): Return no training set (its arrays are still checked: they
+            decide the classes), and resize only the test images.
 
     Returns:
         tuple: ``(train, test)``, two
-        :class:`~capsnet_chainer.datasets.images.LabelledImages`.
+        :class:`~capsnet_chainer.datasets.images.LabelledImages`; ``train`` is ``None``
+        with ``test_only``.
     """
     arrays = _load(path, data_dir_name)
     x = {k: to_images(arrays[k], '{}: {}'.format(path, k)) for k in ('x_train', 'x_test')}
@@ -114,6 +117,9 @@ def read_npz(path, image_size=None, data_dir_name='data_dir'):
     names = names or [str(k) for k in range(n_class)]
     sets = []
     for split in ('train', 'test'):
+        if test_only and split == 'train':
+            sets.append(None)
+            continue
         images = x['x_' + split]
         if image_size is not None:
             images = resize(images, image_size)

@@ -103,11 +103,14 @@ class Protocol(object):
         return max_shift
 
     def load(self, data_dir=None, n_train=None, n_test=None, data_dir_name='data_dir',
-             **settings):
+             test_only=False, **settings):
         """The training and test images of the source, ``(train, test)`` of ``(x, t)``
-        (:func:`~capsnet_chainer.datasets.mnist.get_dataset`)."""
-        return get_dataset(self.source, data_dir=data_dir, n_train=n_train, n_test=n_test,
-                           data_dir_name=data_dir_name)
+        (:func:`~capsnet_chainer.datasets.mnist.get_dataset`); with ``test_only``,
+        ``(None, test)``, the test set as a full load gives it (readers of large data
+        sets then read no training images; MNIST's are read anyway, they are few)."""
+        train, test = get_dataset(self.source, data_dir=data_dir, n_train=n_train,
+                                  n_test=n_test, data_dir_name=data_dir_name)
+        return None if test_only else train, test
 
     def make_data(self, train, heldout, test, n_test=None, max_shift=None,
                   shift_per_image=False, seed=0, part=(0, 1)):

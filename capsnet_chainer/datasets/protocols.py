@@ -107,10 +107,10 @@ class DigitPairs(Protocol):
         return super().check(max_shift)
 
     def load(self, data_dir=None, n_train=None, n_test=None, data_dir_name='data_dir',
-             **settings):
+             test_only=False, **settings):
         """As :meth:`Protocol.load`, every test digit: ``n_test`` counts pairs, and the
         pairs draw on all of them."""
-        return super().load(data_dir, n_train, None, data_dir_name)
+        return super().load(data_dir, n_train, None, data_dir_name, test_only)
 
     def make_data(self, train, heldout, test, n_test=None, max_shift=None,
                   shift_per_image=False, seed=0, part=(0, 1)):

@@ -119,17 +119,18 @@ def read_set(folder, prefix):
     return x[:, :, ::2, ::2].copy(), t.astype(numpy.int32)
 
 
-def read_smallnorb(path, data_dir_name='data_dir'):
+def read_smallnorb(path, data_dir_name='data_dir', test_only=False):
     """Reads smallNORB's training and test pairs, downsampled to 48 x 48.
 
     Args:
         path (str): The folder of the files.
         data_dir_name (str): How messages name ``path``.
+        test_only (bool): Read only the test files (the training files must be there).
 
     Returns:
         tuple: ``(train, test)``, two
         :class:`~capsnet_chainer.datasets.images.LabelledImages`, images
-        ``(N, 2, 48, 48)`` float32 in [0, 1].
+        ``(N, 2, 48, 48)`` float32 in [0, 1]; ``train`` is ``None`` with ``test_only``.
     """
     if path is None:
         raise SettingError('data_dir', 'is needed: the folder of the smallNORB files '
@@ -141,10 +142,12 @@ def read_smallnorb(path, data_dir_name='data_dir'):
         raise DatasetError('{} {}: {} not found (nor .gz); the folder must hold {} ({})'
                            .format(data_dir_name, path, ', '.join(absent),
                                    ', '.join(names), URL))
-    sets = []
-    for prefix in PREFIXES.values():
+    sets = {}
+    for key, prefix in PREFIXES.items():
+        if test_only and key != 'test':
+            continue
         x, t = read_set(path, prefix)
         x = x.astype(numpy.float32)
         x *= 1. / 255.
-        sets.append(LabelledImages(x, t, CLASS_NAMES))
-    return tuple(sets)
+        sets[key] = LabelledImages(x, t, CLASS_NAMES)
+    return sets.get('train'), sets['test']

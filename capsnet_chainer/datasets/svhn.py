@@ -30,6 +30,8 @@ TITLE = 'SVHN'
 MD5 = {'train_32x32.mat': 'e26dedcc434d2e4c54c9b2d4a06d8373',
        'test_32x32.mat': 'eb5a983be6a315427106f1b164d9cef3'}
 CLASS_NAMES = tuple(str(d) for d in range(10))
+#: The file of the test set (the other is the training set's).
+TEST_FILE = 'test_32x32.mat'
 
 
 def parse_svhn_mat(path):
@@ -49,13 +51,16 @@ def parse_svhn_mat(path):
     return x.transpose((3, 2, 0, 1)), (y % 10).astype(numpy.int32)
 
 
-def read_svhn(path, data_dir_name='data_dir'):
+def read_svhn(path, data_dir_name='data_dir', test_only=False):
     """Reads SVHN's training and test digits from the folder ``path``.
+
+    Args:
+        test_only (bool): Read only the test file (the training file must be there).
 
     Returns:
         tuple: ``(train, test)``, two
         :class:`~capsnet_chainer.datasets.images.LabelledImages`, images
-        ``(N, 3, 32, 32)`` float32 in [0, 1].
+        ``(N, 3, 32, 32)`` float32 in [0, 1]; ``train`` is ``None`` with ``test_only``.
     """
     if path is None:
         raise SettingError('data_dir', 'is needed: the folder with {} ({})'.format(
@@ -67,6 +72,9 @@ def read_svhn(path, data_dir_name='data_dir'):
             data_dir_name, path, ', '.join(absent), ' and '.join(MD5), URL))
     sets = []
     for name, where in zip(MD5, files):
+        if test_only and name != TEST_FILE:
+            sets.append(None)
+            continue
         checksums.verify(where, MD5[name], TITLE, URL)
         x, t = parse_svhn_mat(where)
         x = x.astype(numpy.float32)

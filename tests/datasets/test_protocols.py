@@ -11,6 +11,7 @@ from chainer import testing
 from capsnet_chainer.datasets import affnist
 from capsnet_chainer.datasets import multimnist
 from capsnet_chainer.datasets import protocols
+from capsnet_chainer.datasets.arrays import dataset_arrays
 from capsnet_chainer.datasets.augment import RandomShift
 from capsnet_chainer.datasets.placement import expand
 from capsnet_chainer.datasets.placement import RandomPlacement
@@ -243,6 +244,16 @@ def test_load_reads_the_source_and_pairs_draw_on_every_test_digit(mnist_dir):
     with pytest.raises(SettingError) as e:
         protocols.protocol('affnist').load(mnist_dir, n_test=10001)
     assert e.value.setting == 'n_test' and e.value.value == 10001
+
+
+@pytest.mark.parametrize('name', ['mnist', 'multimnist', 'affnist'])
+def test_test_only_gives_the_test_set_of_a_full_load(mnist_dir, name):
+    protocol = protocols.protocol(name)
+    _, test = protocol.load(mnist_dir, n_train=30, n_test=20)
+    none, alone = protocol.load(mnist_dir, n_test=20, test_only=True)
+    assert none is None
+    for got, want in zip(dataset_arrays(alone), dataset_arrays(test)):
+        numpy.testing.assert_array_equal(got, want)
 
 
 testing.run_module(__name__, __file__)
