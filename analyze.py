@@ -56,7 +56,7 @@ from capsnet_chainer.evaluation import pair_figures  # noqa: E402
 from capsnet_chainer.evaluation import plots  # noqa: E402
 from capsnet_chainer.evaluation import routing_diagnostics  # noqa: E402
 from capsnet_chainer.evaluation import transformed  # noqa: E402
-from capsnet_chainer.fileio import file_sha256  # noqa: E402
+from capsnet_chainer.fileio import file_digest  # noqa: E402
 from capsnet_chainer.fileio import write_atomic  # noqa: E402
 from capsnet_chainer.functions import pair_hits  # noqa: E402
 from capsnet_chainer.functions import top_two  # noqa: E402
@@ -195,7 +195,7 @@ def analyze(argv=None):
     members = [(args.load, model, meta)] + [(p,) + load(p) for p in args.ensemble]
     ensemble.check_members(members)
     log = read_log(args.log) if args.log else None
-    sha256 = file_sha256(args.load)
+    sha256 = file_digest(args.load)
     print('# model: {} (sha256 {}), epoch {}, test accuracy when saved {}'.format(
         args.load, sha256[:12], meta.get('epoch', '?'),
         meta.get('validation/main/accuracy', '?')))

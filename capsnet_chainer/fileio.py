@@ -89,11 +89,6 @@ def file_digest(path, algorithm='sha256'):
     return h.hexdigest()
 
 
-def file_sha256(path):
-    """SHA-256 of a file's bytes, as hex."""
-    return file_digest(path, 'sha256')
-
-
 class BackgroundWriter(object):
     """:func:`write_atomic` on threads, one write after another in the order submitted,
     while the caller goes on: training need not wait while a snapshot or a model is

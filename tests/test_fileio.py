@@ -11,7 +11,6 @@ from chainer import testing
 
 from capsnet_chainer.fileio import BackgroundWriter
 from capsnet_chainer.fileio import file_digest
-from capsnet_chainer.fileio import file_sha256
 from capsnet_chainer.fileio import ImmediateWriter
 from capsnet_chainer.fileio import remove_stale_temp_files
 from capsnet_chainer.fileio import write_atomic
@@ -35,10 +34,10 @@ def test_write_atomic_keeps_the_old_file_on_a_full_disk(tmp_path):
     assert os.listdir(str(tmp_path)) == ['best']
 
 
-def test_file_sha256(tmp_path):
+def test_file_digest(tmp_path):
     path = tmp_path / 'f'
     path.write_bytes(b'abc')
-    assert file_sha256(str(path)) == file_digest(str(path)) == (
+    assert file_digest(str(path)) == file_digest(str(path), 'sha256') == (
         'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad')
     assert file_digest(str(path), 'md5') == '900150983cd24fb0d6963f7d28e17f72'
     # more than one chunk of 1 MiB

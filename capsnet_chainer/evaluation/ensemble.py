@@ -13,7 +13,7 @@ classes, input shape, test-time preprocessing (crop, held-out split) and kind of
 import numpy
 
 from capsnet_chainer.errors import CapsNetError
-from capsnet_chainer.fileio import file_sha256
+from capsnet_chainer.fileio import file_digest
 from capsnet_chainer.inference import predict
 
 #: What the members of an ensemble must share: a description of each, and how to read
@@ -92,7 +92,7 @@ def evaluate(members, x, t, n_test=None, batchsize=100, device=None, progress=No
                 'scoring model {} of {}'.format(k + 1, len(members))))
         total = total + scores
         correct = int((scores.argmax(axis=1) == t).sum())
-        report.append({'path': path, 'sha256': file_sha256(path), 'n_correct': correct,
+        report.append({'path': path, 'sha256': file_digest(path), 'n_correct': correct,
                        'accuracy': correct / max(len(t), 1)})
     correct = int(((total / len(members)).argmax(axis=1) == t).sum())
     accuracy = correct / max(len(t), 1)
