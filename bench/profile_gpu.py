@@ -28,6 +28,9 @@ stopped there and recorded so):
    PyTorch or its profiler is missing, the reason);
 5. ``bench``: ``bench_gpu.py``'s ``--variants``, ``--bench-epochs`` epochs each
    (median, min, max), with its per-step wall, host and GPU ms and function groups;
+   each with the kernel paths that ``train_py`` leaves off (below) off too
+   (:data:`BENCH_OFF`: the variant run is recorded), and a ``deferred-check`` variant
+   skipped where that path is off;
 6. ``peer``: the PyTorch peer's real epochs (``--data``: MNIST on the GPU, a new order
    and shift per batch, the test set), ``--peer-epochs`` each, in float32: eager,
    ``--compile``, ``--compile-mode reduce-overhead``, ``--compile-mode max-autotune``
@@ -89,6 +92,11 @@ GPU_PATHS = {
     'margin_loss': ('tests/kernels/test_margin_loss.py',),
     'deferred_check': ('tests/training/test_gated_adam.py', 'tests/training/test_updater.py'),
 }
+#: The kernel paths of :data:`GPU_PATHS` that ``bench_gpu.py``'s worker switches on, and
+#: the variant suffix that switches each off (the deferred check is a variant of its own;
+#: the resident set has none: the worker's batches come from the host).
+BENCH_OFF = {'conv_cuda': 'im2col-copy', 'routing_cuda': 'routing-ops',
+             'margin_loss': 'plain-loss'}
 
 
 def paths_on(names, tests_xml=None):
@@ -514,13 +522,28 @@ def part_cupti(args, timeout):
     return figures
 
 
+def bench_variant(variant, paths_off):
+    """``(the variant to run, None)``: ``variant`` with the paths of ``paths_off``
+    (``{name: why}``) switched off too, so that a path left off in ``train_py`` is off
+    in the benchmark's parts as well; or ``(None, why)`` where ``variant`` measures
+    the deferred check and that is off."""
+    names = variant.split('+')
+    if 'deferred_check' in paths_off and 'deferred-check' in names:
+        return None, 'skipped: deferred_check is off ({})'.format(paths_off['deferred_check'])
+    names += [BENCH_OFF[p] for p in BENCH_OFF if p in paths_off and BENCH_OFF[p] not in names]
+    return '+'.join(names), None
+
+
 def part_bench(args, variant, timeout):
     import bench_gpu
+    run, why = bench_variant(variant, args.paths_off)
+    if run is None:
+        return {'variant': variant, 'error': why}
     ns = argparse.Namespace(gpu=args.gpu, seed=789, repeat=args.repeat,
                             epochs=args.bench_epochs, data_dir=args.data_dir,
                             n_train=args.n_train, n_test=args.n_test)
-    r = bench_gpu.run_worker(ns, variant, timeout=timeout)
-    return r if r is not None else {'variant': variant, 'error': 'failed (console above)'}
+    r = bench_gpu.run_worker(ns, run, timeout=timeout)
+    return r if r is not None else {'variant': run, 'error': 'failed (console above)'}
 
 
 EPOCH_LINE = re.compile(r'epoch (\d+): ([\d.]+) s \(training ([\d.]+) s, test ([\d.]+) s\), '
@@ -683,7 +706,8 @@ def main():
                         help='train.py --precision (float32, tf32) for its parts')
     parser.add_argument('--paths', default=','.join(GPU_PATHS),
                         help='the GPU paths train_py switches on (comma-separated, of {}; '
-                             'none: none)'.format(', '.join(GPU_PATHS)))
+                             'none: none); the bench parts run with the others off too'
+                        .format(', '.join(GPU_PATHS)))
     parser.add_argument('--tests-xml', default=None,
                         help="the gpu tests' JUnit file: paths whose tests failed stay off")
     parser.add_argument('--host-data', action='store_true', help=argparse.SUPPRESS)
@@ -712,16 +736,16 @@ def main():
             write_atomic(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
 
     try:
-        args.paths_on, paths_off = paths_on(args.paths, args.tests_xml)
+        args.paths_on, args.paths_off = paths_on(args.paths, args.tests_xml)
     except ValueError as e:
         parser.error(str(e))
     report = {'what': 'bench/profile_gpu.py', 'argv': sys.argv[1:],
               'host': host_record(args.gpu), 'smi_start': read_smi(),
-              'paths_on': args.paths_on, 'paths_off': paths_off}
+              'paths_on': args.paths_on, 'paths_off': args.paths_off}
     print('Host: ' + json.dumps(report['host']), flush=True)
-    print('GPU paths on in train_py: {}; off: {}'.format(
+    print('GPU paths on in train_py and the bench parts: {}; off: {}'.format(
         ', '.join(args.paths_on) or 'none',
-        '; '.join('{} ({})'.format(k, v) for k, v in paths_off.items()) or 'none'),
+        '; '.join('{} ({})'.format(k, v) for k, v in args.paths_off.items()) or 'none'),
         flush=True)
     write(report)
     run_parts(args, report, write)

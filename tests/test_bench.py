@@ -204,3 +204,23 @@ def test_report_merges_a_second_call_into_the_first():
     assert merged['elapsed_s'] == 570.0 and set(merged['smi']) == {'train_py',
                                                                    'peer:max-autotune'}
     assert '| max-autotune | 5.10 (4.90 to 5.30, 3) |' in report.render(merged)
+
+
+def test_the_bench_parts_leave_off_the_paths_left_off():
+    off = {'conv_cuda': 'its gpu tests failed: test_x', 'margin_loss': 'not in --paths',
+           'resident': 'not in --paths'}
+    assert profile_gpu.bench_variant('default', off) == (
+        'default+im2col-copy+plain-loss', None)
+    assert profile_gpu.bench_variant('im2col-copy+tf32', off) == (
+        'im2col-copy+tf32+plain-loss', None)
+    assert profile_gpu.bench_variant('default', {}) == ('default', None)
+    assert profile_gpu.bench_variant('deferred-check', off) == ('deferred-check+im2col-copy'
+                                                                '+plain-loss', None)
+    run, why = profile_gpu.bench_variant(
+        'no-type-check+deferred-check', {'deferred_check': 'its gpu tests failed: t'})
+    assert run is None and why == 'skipped: deferred_check is off (its gpu tests failed: t)'
+    # every suffix is a variant that switches its path off
+    import bench_gpu
+    for path, suffix in profile_gpu.BENCH_OFF.items():
+        assert path in profile_gpu.GPU_PATHS
+        assert bench_gpu.settings_of(suffix)[path] is False
