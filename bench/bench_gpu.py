@@ -87,6 +87,15 @@ def settings_of(variant):
     return settings
 
 
+def check_variants(variants):
+    """Raises ``ValueError`` naming the unknown names among ``variants`` (a list of
+    :func:`settings_of`'s names)."""
+    unknown = {n for v in variants for n in v.split('+')} - set(VARIANTS)
+    if unknown:
+        raise ValueError('unknown --variants {}; choose from {}'.format(
+            ', '.join(sorted(unknown)), ', '.join(VARIANTS)))
+
+
 #: Function labels -> the group their time is shown in.
 GROUPS = (
     ('convolutions (im2col + matrix products)', (
@@ -663,10 +672,10 @@ def main():
         print(json.dumps(worker(args, args.worker)))
         return
     variants = [v for v in args.variants.split(',') if v]
-    unknown = {n for v in variants for n in v.split('+')} - set(VARIANTS)
-    if unknown:
-        parser.error('unknown --variants {}; choose from {}'.format(
-            ', '.join(sorted(unknown)), ', '.join(VARIANTS)))
+    try:
+        check_variants(variants)
+    except ValueError as e:
+        parser.error(str(e))
     from bench_cpu import flop_per_image
     report = {'machine': machine(args.gpu), 'ceilings': ceilings(args.gpu)}
     print('Machine: ' + json.dumps(report['machine']))

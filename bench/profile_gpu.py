@@ -144,6 +144,44 @@ PARTS = (
     ('bench:1', 150, 60),
     ('bench:2', 150, 60),
 )
+#: How many ``--variants`` the bench slots of :data:`PARTS` hold.
+BENCH_SLOTS = sum(name.startswith('bench:') for name, _, _ in PARTS)
+
+
+def part_labels(variants, peer_modes):
+    """The parts that ``--variants`` and ``--peer-modes`` (lists) make, in the order of
+    :data:`PARTS`: ``(label, at most seconds, at least seconds left)``, the bench slots
+    labelled ``bench:VARIANT``."""
+    out = []
+    for name, cap, least in PARTS:
+        kind, _, which = name.partition(':')
+        if kind == 'bench':
+            if int(which) < len(variants):
+                out.append(('bench:' + variants[int(which)], cap, least))
+        elif kind != 'peer' or which in peer_modes:
+            out.append((name, cap, least))
+    return out
+
+
+def check_choices(variants, peer_modes, parts):
+    """Raises ``ValueError`` for an unknown or surplus name in ``--variants``,
+    ``--peer-modes`` or ``--parts`` (lists), before any part has run."""
+    import bench_gpu
+    bench_gpu.check_variants(variants)
+    if len(variants) > BENCH_SLOTS:
+        raise ValueError('at most {} --variants (the bench slots of PARTS), not {}'.format(
+            BENCH_SLOTS, len(variants)))
+    unknown = [m for m in peer_modes if m not in PEER_MODES]
+    if unknown:
+        raise ValueError('unknown --peer-modes {}; choose from {}'.format(
+            ', '.join(unknown), ', '.join(PEER_MODES)))
+    labels = [label for label, _, _ in part_labels(variants, peer_modes)]
+    unknown = [p for p in parts if p not in labels]
+    if unknown:
+        raise ValueError('unknown --parts {}; choose from {}'.format(
+            ', '.join(unknown), ', '.join(labels)))
+
+
 #: The phase ranges of the CUPTI pass are named so in the trace.
 RANGE = 'capsnet/'
 
@@ -627,17 +665,11 @@ def run_parts(args, report, write):
     sampler = SmiSampler(args.gpu)
     sampler.start()
     start = time.perf_counter()
-    variants = [v for v in args.variants.split(',') if v]
     report['parts'] = {}
-    for name, cap, least in PARTS:
-        kind, _, which = name.partition(':')
-        if kind == 'bench' and int(which) >= len(variants):
+    for label, cap, least in part_labels(args.variants, args.peer_modes):
+        if args.parts and label not in args.parts:
             continue
-        if kind == 'peer' and which not in args.peer_modes.split(','):
-            continue
-        label = name if kind != 'bench' else 'bench:' + variants[int(which)]
-        if args.parts and label not in args.parts.split(','):
-            continue
+        kind, _, which = label.partition(':')
         left = args.deadline_s - (time.perf_counter() - start)
         if left < least:
             report['parts'][label] = {'error': 'skipped: {:.0f} s left of --deadline-s'
@@ -659,7 +691,7 @@ def run_parts(args, report, write):
         elif kind == 'cupti':
             figures = part_cupti(args, timeout)
         elif kind == 'bench':
-            figures = part_bench(args, variants[int(which)], timeout)
+            figures = part_bench(args, which, timeout)
         else:
             figures = part_peer(args, which, timeout)
         figures['part_s'] = time.perf_counter() - part_start
@@ -692,7 +724,9 @@ def main():
                         help='steps recorded by CUPTI (a worker takes FIRST:LAST)')
     parser.add_argument('--bench-epochs', type=int, default=5)
     parser.add_argument('--variants',
-                        default='default,deferred-check,no-finite-check+no-type-check')
+                        default='default,deferred-check,no-finite-check+no-type-check',
+                        help="bench_gpu.py's variants, comma-separated, at most {}"
+                        .format(BENCH_SLOTS))
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--peer', default=None, help='torch_capsnet.py')
     parser.add_argument('--peer-epochs', type=int, default=6)
@@ -725,6 +759,13 @@ def main():
         train_py_worker(args)
         return
     args.cupti_steps = int(args.cupti_steps)
+    args.variants, args.peer_modes, args.parts = (
+        [v for v in names.split(',') if v] if names else []
+        for names in (args.variants, args.peer_modes, args.parts))
+    try:
+        check_choices(args.variants, args.peer_modes, args.parts)
+    except ValueError as e:
+        parser.error(str(e))
     if args.peer:
         args.peer = os.path.abspath(args.peer)
     if args.data_dir:

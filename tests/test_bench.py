@@ -224,3 +224,25 @@ def test_the_bench_parts_leave_off_the_paths_left_off():
     for path, suffix in profile_gpu.BENCH_OFF.items():
         assert path in profile_gpu.GPU_PATHS
         assert bench_gpu.settings_of(suffix)[path] is False
+
+
+def test_profile_gpu_refuses_unknown_or_surplus_names_before_any_part():
+    check = profile_gpu.check_choices
+    modes = list(profile_gpu.PEER_MODES)
+    check(['default', 'tf32+no-type-check'], modes, ['bench:tf32+no-type-check', 'cupti'])
+    with pytest.raises(ValueError, match='unknown --variants defualt; choose from default'):
+        check(['defualt'], modes, [])
+    assert profile_gpu.BENCH_SLOTS == 3
+    with pytest.raises(ValueError, match='at most 3 --variants'):
+        check(['default', 'tf32', 'no-type-check', 'chainer-conv'], modes, [])
+    with pytest.raises(ValueError, match='unknown --peer-modes eagre; choose from eager'):
+        check(['default'], ['eagre'], [])
+    with pytest.raises(ValueError, match=r'unknown --parts bench:tf32, peer:max-autotune; '
+                                         r'choose from ceilings, .*bench:default'):
+        check(['default'], ['eager'], ['ceilings', 'bench:tf32', 'peer:max-autotune'])
+
+
+def test_profile_gpu_parts_in_order_with_a_slot_per_variant():
+    labels = [label for label, _, _ in profile_gpu.part_labels(['a', 'b'], ['compile'])]
+    assert labels == ['ceilings', 'train_py', 'cupti', 'bench:a', 'peer:compile',
+                      'train_py_host', 'bench:b']
