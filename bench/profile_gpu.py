@@ -69,7 +69,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import capsnet_chainer  # noqa: E402,F401  (adapts Chainer before its import)
-from bench_gpu import data_flags  # noqa: E402  (this folder: the flags it passes on)
+import bench_gpu  # noqa: E402  (this folder: its batch, data flags and variants)
+from bench_gpu import BATCH, N_TEST, N_TRAIN, TEST_BATCH  # noqa: E402
 from capsnet_chainer.training.profile import PHASES  # noqa: E402
 from capsnet_chainer.training.profile import StepProfile  # noqa: E402
 
@@ -166,7 +167,6 @@ def part_labels(variants, peer_modes):
 def check_choices(variants, peer_modes, parts):
     """Raises ``ValueError`` for an unknown or surplus name in ``--variants``,
     ``--peer-modes`` or ``--parts`` (lists), before any part has run."""
-    import bench_gpu
     bench_gpu.check_variants(variants)
     if len(variants) > BENCH_SLOTS:
         raise ValueError('at most {} --variants (the bench slots of PARTS), not {}'.format(
@@ -306,8 +306,8 @@ def train_py_worker(args):
     margin_kernel.ENABLED = 'margin_loss' in on
     distributed.DEFERRED_CHECK_ON_GPU = 'deferred_check' in on
     device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0 else '@numpy')
-    n_train = args.n_train or 60000
-    steps = -(-n_train // args.batchsize)
+    n_train = args.n_train or N_TRAIN
+    steps = -(-n_train // BATCH)  # train.py's default batch, which argv keeps
     last = (args.epochs - 1) * steps  # iterations before the last epoch
     first = last + 1 + min(10, steps // 4)
     device_steps = range(first, min(first + args.device_steps, last + steps + 1))
@@ -326,7 +326,8 @@ def train_py_worker(args):
     with tempfile.TemporaryDirectory() as tmp:
         argv = ['-g', str(args.gpu), '--reconstruct', '-e', str(args.epochs),
                 '-o', os.path.join(tmp, 'result'), '--save', os.path.join(tmp, 'model')]
-        argv += data_flags(args) + (['--precision', args.precision] if args.precision else [])
+        argv += bench_gpu.data_flags(args)
+        argv += ['--precision', args.precision] if args.precision else []
         start = time.perf_counter()
         train.main(argv)
         wall = time.perf_counter() - start
@@ -548,13 +549,13 @@ def part_cupti(args, timeout):
     """A one-epoch run long enough for a few steps before the recorded ones (CuPy
     compiles its kernels in the first) and a few after."""
     first, n = 6, args.cupti_steps
-    n_train = min(args.n_train or 60000, args.batchsize * (first + n + 2))
-    steps = -(-n_train // args.batchsize)
+    n_train = min(args.n_train or N_TRAIN, BATCH * (first + n + 2))
+    steps = -(-n_train // BATCH)
     if steps < first + n:  # a small --n-train: as many as there are
         first, n = 1 + steps // 3, max(1, steps - 1 - steps // 3)
     figures, tail = run_json_worker(
         train_py_cmd(args, 1, cupti=(first, first + n - 1), n_train=n_train,
-                     n_test=min(args.n_test or 10000, 1000)), timeout)
+                     n_test=min(args.n_test or N_TEST, 1000)), timeout)
     figures.pop('records', None)
     figures['console_tail'] = tail[-1500:]
     return figures
@@ -573,7 +574,6 @@ def bench_variant(variant, paths_off):
 
 
 def part_bench(args, variant, timeout):
-    import bench_gpu
     run, why = bench_variant(variant, args.paths_off)
     if run is None:
         return {'variant': variant, 'error': why}
@@ -594,8 +594,8 @@ def part_peer(args, mode, timeout):
     if not args.data_dir:
         return {'error': 'the peer reads --data-dir, which was not given'}
     cmd = [sys.executable, args.peer, '--device', 'cuda' if args.gpu >= 0 else 'cpu',
-           '--data', args.data_dir, '--epochs', str(args.peer_epochs), '--batch', '256',
-           '--test-batch', '100'] + PEER_MODES[mode]
+           '--data', args.data_dir, '--epochs', str(args.peer_epochs), '--batch', str(BATCH),
+           '--test-batch', str(TEST_BATCH)] + PEER_MODES[mode]
     for flag, value in (('--n-train', args.n_train), ('--n-test', args.n_test)):
         if value:
             cmd += [flag, str(value)]
@@ -651,8 +651,8 @@ def part_ceilings(args, timeout):
     if 'gemm_tflops' in figures:
         from bench_cpu import flop_per_image
         flop = flop_per_image()
-        epoch = (flop['train'] * (args.n_train or 60000)
-                 + flop['forward'] * (args.n_test or 10000))
+        epoch = (flop['train'] * (args.n_train or N_TRAIN)
+                 + flop['forward'] * (args.n_test or N_TEST))
         figures['epoch_tflop'] = epoch / 1e12
         figures['floor_float32_s'] = epoch / (figures['gemm_tflops'] * 1e12)
     else:
@@ -716,7 +716,6 @@ def main():
     parser.add_argument('--data-dir', default=None)
     parser.add_argument('--n-train', type=int, default=None)
     parser.add_argument('--n-test', type=int, default=None)
-    parser.add_argument('--batchsize', type=int, default=256, help=argparse.SUPPRESS)
     parser.add_argument('--train-epochs', type=int, default=5)
     parser.add_argument('--host-epochs', type=int, default=3)
     parser.add_argument('--device-steps', type=int, default=20)

@@ -21,6 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_gpu import BATCH, N_TEST, N_TRAIN  # noqa: E402  (this folder)
+
 #: Issue 29's floors of an epoch of 76.2 TFLOP beside the measured float32 one: TF32
 #: and bf16 at the dense rates of an H100/H200 datasheet (leads, not measured here).
 DATASHEET_TFLOPS = {'tf32': 495.0, 'bf16': 990.0}
@@ -209,7 +211,7 @@ def bench_section(report):
                      fmt(r['n_train'] / r['train_s'], 0),
                      '{} / {} / {}'.format(fmt(train['wall_ms']), fmt(train['host_ms']),
                                            fmt(train['device_ms'])),
-                     fmt(flop['train'] * 256 / train['device_ms'] / 1e9, 1),
+                     fmt(flop['train'] * BATCH / train['device_ms'] / 1e9, 1),
                      fmt(conv['gflop'] / conv_ms, 1) if conv_ms else '',
                      fmt(N_PARAMS * ADAM_BYTES_PER_PARAM / r['adam_ms'] / 1e6, 0)
                      if r.get('adam_ms') else '',
@@ -275,9 +277,10 @@ def floors_section(report):
     rows += [('goal, ' + k, fmt(v, 1), '{:.1f}x'.format(v / f32) if f32 else '')
              for k, v in GOALS.items()]
     return '\n'.join(['### Floors, and each run\'s distance from float32\'s', '',
-                      'An epoch: {} TFLOP (60,000 training images with reconstruction, '
-                      '10,000 test images); copy bandwidth {} GB/s.'.format(
-                          fmt(epoch_tflop, 1), fmt(c.get('copy_gbs'), 0)), '',
+                      'An epoch: {} TFLOP ({:,} training images with reconstruction, '
+                      '{:,} test images); copy bandwidth {} GB/s.'.format(
+                          fmt(epoch_tflop, 1), N_TRAIN, N_TEST, fmt(c.get('copy_gbs'), 0)),
+                      '',
                       table(('', 'epoch s', 'x the float32 floor'), rows)])
 
 
