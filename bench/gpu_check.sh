@@ -20,7 +20,8 @@
 #               benchmark's variants over 5 epochs, the peer's real epochs ($PEER:
 #               eager, compile, reduce-overhead, max-autotune), nvidia-smi all along,
 #               with the new GPU paths on in train.py except those whose gpu tests
-#               failed in this call's tests phase (OUT/tests_gpu.xml):
+#               failed in this call's tests phase, before it (OUT/tests_gpu.xml; all
+#               off where that phase left no report; all on without that phase):
 #               OUT/profile.json, OUT/profile_report.md (bench/report.py's tables),
 #               OUT/profile_console.txt
 #   long-start  the used-by training command in the background (train.py -g 0 --save
@@ -75,6 +76,7 @@ DATA=()
 [ -n "${CAPSNET_MNIST_DIR:-}" ] && DATA=(--data-dir "$CAPSNET_MNIST_DIR")
 SMALL_TEST=() SMALL=()  # the CPU check: a few images, so that every phase ends in minutes
 PROFILE_SMALL=()
+TESTS_XML=()  # the gpu tests' report, once this call's tests phase has run them
 if [ "$GPU" -lt 0 ]; then
     SMALL_TEST=(--n-test 200)
     SMALL=(--n-train 512 "${SMALL_TEST[@]}")
@@ -114,6 +116,7 @@ pack_long() {
 run_tests() {
     local xdist=()
     $PY -c 'import xdist' 2>/dev/null && xdist=(-n "$JOBS")
+    rm -f "$OUT/$1.xml"  # an earlier call's report is not this one's
     $PY -m pytest -m "$2" -q -rfEs -p no:cacheprovider "${xdist[@]}" \
         --junitxml="$OUT/$1.xml" ${TESTS:-tests}
     echo "pytest -m '$2' exit status $?"
@@ -125,7 +128,11 @@ for phase in "${PHASES[@]}"; do
     tests)
         # The gpu tests first, in a report of their own: the rest of the suite takes
         # minutes, and a call stopped at its limit still returns that report
-        [ "$GPU" -lt 0 ] || run_tests tests_gpu gpu
+        # The profile reads their report only where they ran here, on a GPU
+        if [ "$GPU" -ge 0 ]; then
+            run_tests tests_gpu gpu
+            TESTS_XML=(--tests-xml "$OUT/tests_gpu.xml")
+        fi
         run_tests tests_rest "not slow and not gpu"
         ;;
     bench)
@@ -142,7 +149,7 @@ for phase in "${PHASES[@]}"; do
         # shellcheck disable=SC2086
         $PY bench/profile_gpu.py -g "$GPU" "${DATA[@]}" "${SMALL[@]}" "${PROFILE_SMALL[@]}" \
             ${PEER:+--peer "$PEER"} --deadline-s "${PROFILE_S:-480}" \
-            --tests-xml "$OUT/tests_gpu.xml" \
+            "${TESTS_XML[@]}" \
             --json "$OUT/profile.json" ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile_console.txt"
         $PY bench/report.py "$OUT/profile.json" >"$OUT/profile_report.md" &&
             cat "$OUT/profile_report.md"

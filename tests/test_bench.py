@@ -160,9 +160,8 @@ def test_the_paths_whose_gpu_tests_failed_stay_off(tmp_path):
     assert on == ['resident', 'conv_cuda', 'margin_loss']
     assert off == {'routing_cuda': 'its gpu tests failed: test_softmax',
                    'deferred_check': 'its gpu tests failed: test_deferred[@cupy:0]'}
-    # no report (the tests did not run): every path asked for
-    assert profile_gpu.paths_on(every, str(tmp_path / 'none.xml')) == (
-        list(profile_gpu.GPU_PATHS), {})
+    # no report named (the tests did not run in this call): every path asked for
+    assert profile_gpu.paths_on(every, None) == (list(profile_gpu.GPU_PATHS), {})
     on, off = profile_gpu.paths_on('conv_cuda', None)
     assert on == ['conv_cuda'] and off['resident'] == 'not in --paths'
     with pytest.raises(ValueError, match='unknown --paths cuda'):
@@ -246,3 +245,12 @@ def test_profile_gpu_parts_in_order_with_a_slot_per_variant():
     labels = [label for label, _, _ in profile_gpu.part_labels(['a', 'b'], ['compile'])]
     assert labels == ['ceilings', 'train_py', 'cupti', 'bench:a', 'peer:compile',
                       'train_py_host', 'bench:b']
+
+
+def test_a_missing_gpu_tests_report_leaves_every_path_off(tmp_path):
+    """pytest died before writing it: nothing says that a kernel works."""
+    missing = str(tmp_path / 'tests_gpu.xml')
+    on, off = profile_gpu.paths_on('resident,conv_cuda', missing)
+    why = 'no gpu test results: {} is missing'.format(missing)
+    assert on == [] and off['resident'] == off['conv_cuda'] == why
+    assert off['margin_loss'] == 'not in --paths' and set(off) == set(profile_gpu.GPU_PATHS)
