@@ -528,12 +528,8 @@ def run_json_worker(cmd, timeout, env=None):
 def train_py_cmd(args, epochs, host_data=False, cupti=None, n_train=None, n_test=None):
     cmd = [sys.executable, os.path.abspath(__file__), '-g', str(args.gpu),
            '--train-epochs', str(epochs), '--device-steps', str(args.device_steps)]
-    if args.data_dir:
-        cmd += ['--data-dir', args.data_dir]
-    for flag, value in (('--n-train', n_train or args.n_train),
-                        ('--n-test', n_test or args.n_test)):
-        if value:
-            cmd += [flag, str(value)]
+    cmd += bench_gpu.data_flags(argparse.Namespace(
+        data_dir=args.data_dir, n_train=n_train or args.n_train, n_test=n_test or args.n_test))
     if host_data:
         cmd.append('--host-data')
     cmd += ['--paths', ','.join(args.paths_on) or 'none']
