@@ -430,8 +430,10 @@ def worker(args, variant):
 
 
 def spread(values):
-    """``{'median', 'min', 'max', 'n'}`` of ``values``."""
+    """``{'median', 'min', 'max', 'n'}`` of ``values``, or ``None`` where there are none."""
     values = list(values)
+    if not values:
+        return None
     return {'median': statistics.median(values), 'min': min(values), 'max': max(values),
             'n': len(values)}
 

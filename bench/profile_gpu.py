@@ -637,10 +637,9 @@ def peer_figures(stdout):
         if m:
             out['peak_mib'] = float(m.group(1))
     out['epochs'] = epochs
-    later = [e['epoch_s'] for e in epochs[1:]]
+    later = bench_gpu.spread(e['epoch_s'] for e in epochs[1:])
     if later:
-        out['epoch_s'] = {'median': statistics.median(later), 'min': min(later),
-                          'max': max(later), 'n': len(later)}
+        out['epoch_s'] = later
     return out
 
 

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_gpu import BATCH, N_TEST, N_TRAIN  # noqa: E402  (this folder)
+from bench_gpu import BATCH, N_TEST, N_TRAIN, spread  # noqa: E402  (this folder)
 
 #: Issue 29's floors of an epoch of 76.2 TFLOP beside the measured float32 one: TF32
 #: and bf16 at the dense rates of an H100/H200 datasheet (leads, not measured here).
@@ -51,14 +51,6 @@ def spread_text(s, digits=2):
         return ''
     return '{} ({} to {}, {})'.format(fmt(s['median'], digits), fmt(s['min'], digits),
                                       fmt(s['max'], digits), s['n'])
-
-
-def spread(values):
-    values = list(values)
-    if not values:
-        return None
-    return {'median': statistics.median(values), 'min': min(values), 'max': max(values),
-            'n': len(values)}
 
 
 def machine_section(report):
