@@ -118,6 +118,18 @@ def group_of(label):
     return OTHER
 
 
+def group_totals(functions):
+    """``{group: [GPU ms, host ms, calls]}`` of ``functions`` (``{label: [GPU ms, host
+    ms, calls]}``), the groups in the order of :data:`GROUPS`, then :data:`OTHER`."""
+    groups = collections.defaultdict(lambda: [0.0, 0.0, 0])
+    for label, figures in functions.items():
+        g = groups[group_of(label)]
+        for i in range(3):
+            g[i] += figures[i]
+    return {name: groups[name] for name in [n for n, _ in GROUPS] + [OTHER]
+            if name in groups}
+
+
 # Timing on either device
 
 
@@ -630,18 +642,10 @@ def print_breakdown(r):
                   part['wall_ms'], part['host_ms'], part['device_ms'],
                   ' -> bound by the host (Python)' if part['host_ms'] > part['device_ms']
                   else ' -> bound by the GPU'))
-        groups = collections.defaultdict(lambda: [0.0, 0.0, 0])
-        for label, (dev, host, calls) in part['functions'].items():
-            g = groups[group_of(label)]
-            g[0] += dev
-            g[1] += host
-            g[2] += calls
         print('| part | GPU ms | host ms | functions |')
         print('|---|---|---|---|')
-        for group in [n for n, _ in GROUPS] + [OTHER]:
-            if group in groups:
-                dev, host, calls = groups[group]
-                print('| {} | {:.2f} | {:.2f} | {:g} |'.format(group, dev, host, calls))
+        for group, (dev, host, calls) in group_totals(part['functions']).items():
+            print('| {} | {:.2f} | {:.2f} | {:g} |'.format(group, dev, host, calls))
         if name == 'train':
             print('| Adam update (outside the functions) | {:.2f} | | |'.format(r['adam_ms']))
             print('| non-finite check of the gradients (a sync) | {:.2f} | | |'.format(

@@ -21,7 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_gpu import BATCH, N_TEST, N_TRAIN, spread  # noqa: E402  (this folder)
+from bench_gpu import BATCH, N_TEST, N_TRAIN  # noqa: E402  (this folder)
+from bench_gpu import group_totals, spread  # noqa: E402
 
 #: Issue 29's floors of an epoch of 76.2 TFLOP beside the measured float32 one: TF32
 #: and bf16 at the dense rates of an H100/H200 datasheet (leads, not measured here).
@@ -214,13 +215,7 @@ def bench_section(report):
                   'step wall / host / GPU ms', 'step TFLOP/s (GPU)',
                   'primary conv TFLOP/s', 'Adam GB/s', 'peak MiB'), rows)]
     for r in parts:
-        groups = {}
-        for label, (dev, host, calls) in r['train']['functions'].items():
-            import bench_gpu
-            g = groups.setdefault(bench_gpu.group_of(label), [0.0, 0.0, 0])
-            g[0] += dev
-            g[1] += host
-            g[2] += calls
+        groups = group_totals(r['train']['functions'])
         out += ['', 'Variant {}, a training step by function group:'.format(r['variant']), '',
                 table(('group', 'GPU ms', 'host ms', 'calls'),
                       [(k, fmt(v[0], 3), fmt(v[1], 3), v[2]) for k, v in groups.items()]

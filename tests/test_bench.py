@@ -254,3 +254,13 @@ def test_a_missing_gpu_tests_report_leaves_every_path_off(tmp_path):
     why = 'no gpu test results: {} is missing'.format(missing)
     assert on == [] and off['resident'] == off['conv_cuda'] == why
     assert off['margin_loss'] == 'not in --paths' and set(off) == set(profile_gpu.GPU_PATHS)
+
+
+def test_group_totals_in_the_order_of_the_groups():
+    import bench_gpu
+    got = bench_gpu.group_totals({'Add': [1.0, 2.0, 3], 'SharedRouting': [1.0, 1.0, 1],
+                                  'Convolution2DFunction': [2.0, 2.0, 2],
+                                  'Convolution2DGradW': [1.0, 1.0, 1]})
+    assert list(got.items()) == [
+        (bench_gpu.GROUPS[0][0], [3.0, 3.0, 3]), (bench_gpu.GROUPS[2][0], [1.0, 1.0, 1]),
+        (bench_gpu.OTHER, [1.0, 2.0, 3])]
