@@ -71,7 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import capsnet_chainer  # noqa: E402,F401  (adapts Chainer before its import)
 import bench_gpu  # noqa: E402  (this folder: its batch, data flags and variants)
 from bench_gpu import BATCH, N_TEST, N_TRAIN, TEST_BATCH  # noqa: E402
-from capsnet_chainer.training.profile import PHASES  # noqa: E402
+from capsnet_chainer.training.profile import NEXT  # noqa: E402
 from capsnet_chainer.training.profile import StepProfile  # noqa: E402
 
 #: The fields ``nvidia-smi --query-gpu`` reads (the first six: issue 29's).
@@ -365,8 +365,6 @@ def compact(record):
     return out
 
 
-#: Each phase's successor.
-NEXT = dict(zip(PHASES, PHASES[1:]))
 #: CUDA calls that launch a kernel, and those that wait for the GPU (a synchronous copy
 #: to the host waits too).
 LAUNCH = re.compile(r'Launch(Kernel|CooperativeKernel)')

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from capsnet_chainer.training.profile import PHASES
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, 'bench'))
@@ -86,7 +87,7 @@ def phase(wall, busy=None):
 
 def fake_report():
     """A report as a GPU run would write it, with round figures."""
-    phases = {name: phase(1.0, 0.5) for name in profile_gpu.PHASES}
+    phases = {name: phase(1.0, 0.5) for name in PHASES}
     phases['extensions'] = phase(2.0)
     log = [{'epoch': e, 'elapsed_time': 1.0 + 2.0 * e, 'time/updates': 1.6,
             'time/rest': 0.4, 'validation/main/accuracy': 0.99} for e in range(1, 5)]

@@ -34,6 +34,8 @@ from chainer.dataset import convert
 PHASES = ('batch', 'convert', 'to_device', 'forward', 'backward', 'check', 'update')
 #: The time between steps, as a phase of the step before.
 BETWEEN = 'extensions'
+#: Each phase's successor.
+NEXT = dict(zip(PHASES, PHASES[1:]))
 
 
 class StepProfile(object):
@@ -96,7 +98,7 @@ class StepProfile(object):
         if not step['device']:
             self._host_ms[phase] = 1e3 * (end[0] - step['marks'][-1][2][0])
         elif self.gpu and phase != PHASES[-1]:
-            start = self._busy_before(_NEXT[phase])
+            start = self._busy_before(NEXT[phase])
         step['marks'].append((phase, end, start))
 
     def _busy_before(self, phase):
@@ -262,10 +264,6 @@ def _epoch(e):
     e = dict(e)
     e['wall_s'] = e.pop('end') - e.pop('begin')
     return e
-
-
-#: Each phase's successor.
-_NEXT = dict(zip(PHASES, PHASES[1:]))
 
 
 class _TimedExtension(object):
