@@ -584,6 +584,16 @@ def _ceilings(xp, clock, n, size):
     return out
 
 
+def epoch_floor(gemm_tflops, n_train=None, n_test=None):
+    """``(FLOP, seconds)`` of an epoch, ``n_train`` training images with reconstruction
+    and ``n_test`` test images (:data:`N_TRAIN`, :data:`N_TEST` where ``None``), and
+    its floor: those FLOP at the matrix-product rate ``gemm_tflops``."""
+    from bench_cpu import flop_per_image
+    flop = flop_per_image()
+    epoch = flop['train'] * (n_train or N_TRAIN) + flop['forward'] * (n_test or N_TEST)
+    return epoch, epoch / (gemm_tflops * 1e12)
+
+
 def train_py_epoch(args):
     """Seconds of the second epoch of ``train.py -e 2``, from its log."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -682,15 +692,12 @@ def main():
         check_variants(variants)
     except ValueError as e:
         parser.error(str(e))
-    from bench_cpu import flop_per_image
     report = {'machine': machine(args.gpu), 'ceilings': ceilings(args.gpu)}
     print('Machine: ' + json.dumps(report['machine']))
     c = report['ceilings']
-    flop = flop_per_image()
     n_train = args.n_train or N_TRAIN
     n_test = args.n_test or N_TEST
-    epoch_flop = flop['train'] * n_train + flop['forward'] * n_test
-    floor_s = epoch_flop / (c['gemm_tflops'] * 1e12)
+    epoch_flop, floor_s = epoch_floor(c['gemm_tflops'], n_train, n_test)
     print('Ceilings: float32 matrix products {:.1f} TFLOP/s, copy {:.0f} GB/s. An epoch '
           '({} + {} images) is {:.1f} TFLOP: at least {:.2f} s at that rate.'.format(
               c['gemm_tflops'], c['copy_gbs'], n_train, n_test, epoch_flop / 1e12, floor_s))

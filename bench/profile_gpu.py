@@ -648,12 +648,9 @@ def part_ceilings(args, timeout):
         [os.path.dirname(os.path.abspath(__file__)), REPO]))
     figures, tail = run_json_worker(cmd, timeout, env=env)
     if 'gemm_tflops' in figures:
-        from bench_cpu import flop_per_image
-        flop = flop_per_image()
-        epoch = (flop['train'] * (args.n_train or N_TRAIN)
-                 + flop['forward'] * (args.n_test or N_TEST))
+        epoch, figures['floor_float32_s'] = bench_gpu.epoch_floor(
+            figures['gemm_tflops'], args.n_train, args.n_test)
         figures['epoch_tflop'] = epoch / 1e12
-        figures['floor_float32_s'] = epoch / (figures['gemm_tflops'] * 1e12)
     else:
         figures['console_tail'] = tail
     return figures
