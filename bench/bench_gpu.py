@@ -159,23 +159,15 @@ class Clock(object):
             return self.cupy.cuda.get_elapsed_time(start, stop)
         return 1e3 * (stop - start)
 
-    def busy(self, ms=50.0):
-        """Queues about ``ms`` of GPU work, so that what is issued next starts only
-        once the host has issued all of it: its events then time the GPU alone."""
+    def busy(self, host_ms, floor_ms=50.0):
+        """Queues GPU work ahead of what the host takes ``host_ms`` to issue next, so
+        that its events time the GPU alone (the library's ``BusyWork``)."""
         if not self.gpu:
             return
-        cupy = self.cupy
         if not hasattr(self, '_busy'):
-            a = cupy.random.rand(2048, 2048, dtype=cupy.float32)
-            self._busy = (a, cupy.empty_like(a))
-            start = self.mark()
-            for _ in range(10):
-                cupy.matmul(a, a, out=self._busy[1])
-            stop = self.mark()
-            stop.synchronize()
-            self._busy_ms = self.ms(start, stop) / 10
-        for _ in range(max(1, int(ms / self._busy_ms))):
-            cupy.matmul(self._busy[0], self._busy[0], out=self._busy[1])
+            from capsnet_chainer.training.profile import BusyWork
+            self._busy = BusyWork(self.cupy)
+        self._busy.ahead_of(host_ms, floor_ms)
 
     def time(self, fn, repeat=10, warmup=2):
         """Median milliseconds of ``fn()`` on the device, each run timed alone."""
@@ -408,14 +400,14 @@ def worker(args, variant):
             hosts.append(1e3 * (time.perf_counter() - t0))
             clock.sync()
             walls.append(1e3 * (time.perf_counter() - t0))
-            clock.busy(max(50.0, 3 * hosts[-1]))
+            clock.busy(hosts[-1])
             start = clock.mark()
             fn()
             stop = clock.mark()
             clock.sync()
             devices.append(clock.ms(start, stop) if gpu else walls[-1])
             timer = function_timer(clock)
-            clock.busy(max(50.0, 3 * hosts[-1]))
+            clock.busy(hosts[-1])
             with timer:
                 fn()
             clock.sync()

@@ -36,6 +36,43 @@ PHASES = ('batch', 'convert', 'to_device', 'forward', 'backward', 'check', 'upda
 BETWEEN = 'extensions'
 #: Each phase's successor.
 NEXT = dict(zip(PHASES, PHASES[1:]))
+#: The GPU work queued ahead of some work to time it alone: this many times the host's
+#: time to issue that work, at least.
+HOST_FACTOR = 3
+
+
+class BusyWork(object):
+    """Matrix products queued on the GPU (``xp``: CuPy) ahead of some work, long enough
+    that the host has issued all of that work before the GPU starts it: CUDA events
+    around the work then time the GPU alone, no launch gap counted (the device steps
+    here, and ``bench/bench_gpu.py``'s GPU times)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+        self._product = None  # (a, out, ms of one product)
+
+    def queue(self, ms):
+        """Queues at least ``ms`` of matrix products."""
+        xp = self.xp
+        if self._product is None:
+            a = xp.ones((2048, 2048), numpy.float32)
+            out = xp.empty_like(a)
+            xp.matmul(a, a, out=out)  # cuBLAS's set-up, outside the measurement
+            start, stop = xp.cuda.Event(), xp.cuda.Event()
+            start.record()
+            for _ in range(10):
+                xp.matmul(a, a, out=out)
+            stop.record()
+            stop.synchronize()
+            self._product = (a, out, max(1e-3, xp.cuda.get_elapsed_time(start, stop) / 10))
+        a, out, one = self._product
+        for _ in range(max(1, int(ms / one) + 1)):
+            xp.matmul(a, a, out=out)
+
+    def ahead_of(self, host_ms, floor_ms):
+        """Queues enough for work that the host takes ``host_ms`` to issue:
+        :data:`HOST_FACTOR` times that, at least ``floor_ms``."""
+        self.queue(max(floor_ms, HOST_FACTOR * host_ms))
 
 
 class StepProfile(object):
@@ -56,7 +93,7 @@ class StepProfile(object):
         self.steps = []  # one dict per step
         self.extension_calls = []  # (iteration, epoch, name, seconds)
         self._step = None
-        self._busy = None  # (a, out, ms of one product)
+        self._busy = BusyWork(self.xp) if self.gpu else None
         self._host_ms = {}  # phase -> its wall ms in the last natural step
 
     # The clocks
@@ -70,23 +107,6 @@ class StepProfile(object):
 
     def _now(self):
         return time.perf_counter(), time.thread_time(), self._event()
-
-    def _queue_busy(self, ms):
-        """Queues at least ``ms`` of matrix products on the GPU."""
-        xp = self.xp
-        if self._busy is None:
-            a = xp.ones((2048, 2048), numpy.float32)
-            out = xp.empty_like(a)
-            xp.matmul(a, a, out=out)
-            start = self._event()
-            for _ in range(10):
-                xp.matmul(a, a, out=out)
-            stop = self._event()
-            stop.synchronize()
-            self._busy = (a, out, max(1e-3, xp.cuda.get_elapsed_time(start, stop) / 10))
-        a, out, one = self._busy
-        for _ in range(max(1, int(ms / one) + 1)):
-            xp.matmul(a, a, out=out)
 
     # The updater's calls
 
@@ -103,9 +123,8 @@ class StepProfile(object):
 
     def _busy_before(self, phase):
         """Queues GPU work for a device step's ``phase`` to start behind: more than the
-        host takes to issue it (three times its last natural time). Returns the clocks
-        after."""
-        self._queue_busy(max(self.busy_ms, 3 * self._host_ms.get(phase, 0.0)))
+        host takes to issue it (by its last natural time). Returns the clocks after."""
+        self._busy.ahead_of(self._host_ms.get(phase, 0.0), self.busy_ms)
         return self._now()
 
     def step(self, updater):

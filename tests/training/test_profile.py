@@ -151,4 +151,40 @@ def test_the_trainer_runs_and_snapshots_alike_with_a_profile(tmp_path, capsys):
     assert calls['validation']['seconds'] >= calls['validation']['seconds_after_skip']
 
 
+class FakeCupy(object):
+    """NumPy with CUDA events that say each of the 10 measured products took 2 ms."""
+
+    class cuda(object):
+        class Event(object):
+            def record(self):
+                pass
+
+            def synchronize(self):
+                pass
+
+        @staticmethod
+        def get_elapsed_time(start, stop):
+            return 20.0
+
+    def __init__(self):
+        self.products = 0
+
+    ones, empty_like = staticmethod(numpy.ones), staticmethod(numpy.empty_like)
+
+    def matmul(self, a, b, out):
+        assert a.shape == (2048, 2048) and out.dtype == numpy.float32
+        self.products += 1
+
+
+def test_busy_work_queues_more_than_the_host_takes_to_issue_what_follows():
+    xp = FakeCupy()
+    busy = profile_mod.BusyWork(xp)
+    busy.ahead_of(1.0, floor_ms=20.0)  # 20 ms: the set-up, 10 measured, then 11
+    assert xp.products == 1 + 10 + 11
+    busy.ahead_of(10.0, floor_ms=20.0)  # three times the host's 10 ms: 16
+    assert xp.products == 22 + 16
+    busy.queue(0.0)
+    assert xp.products == 22 + 16 + 1
+
+
 testing.run_module(__name__, __file__)
