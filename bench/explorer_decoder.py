@@ -11,10 +11,8 @@ pixel difference of each encoding and its size in the page.
 """
 
 import argparse
-import base64
 import os
 import sys
-import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,18 +27,22 @@ from capsnet_chainer.evaluation.metrics import decode  # noqa: E402
 from capsnet_chainer.evaluation.metrics import digit_capsules  # noqa: E402
 
 
+# Each encoding of a weight matrix: (the weights the page would decode with, the arrays
+# it would hold for them, each encoded apart as explorer.decoder_data does)
+
+
 def float16(W):
-    return W.astype(numpy.float16).astype(numpy.float64), W.astype(numpy.float16).tobytes()
+    return W.astype(numpy.float16).astype(numpy.float64), [W.astype(numpy.float16)]
 
 
 def int16_rows(W):
     q, scale = explorer.quantize_int16(W, block=W.shape[1])
-    return explorer.dequantize_int16(q, scale, W.shape[1]), q.tobytes() + scale.tobytes()
+    return explorer.dequantize_int16(q, scale, W.shape[1]), [q, scale]
 
 
 def int16_blocks(W):
     q, scale = explorer.quantize_int16(W)
-    return explorer.dequantize_int16(q, scale), q.tobytes() + scale.tobytes()
+    return explorer.dequantize_int16(q, scale), [q, scale]
 
 
 ENCODINGS = {'float16': float16, 'int16, one scale per row': int16_rows,
@@ -57,24 +59,21 @@ def main():
     _, test = get_mnist(data_dir=args.data_dir, n_test=args.n)
     x, _ = chainer.dataset.concat_examples(test)
     v = digit_capsules(model, x)
-    J, D = v.shape[1:]
     offsets = numpy.random.RandomState(0).uniform(-0.25, 0.25, v.shape).astype(numpy.float32)
     links = (model.decoder.fc1, model.decoder.fc2, model.decoder.fc3)
     for name, encode in ENCODINGS.items():
         layers, size = [], 0
         for link in links:
-            W, data = encode(link.W.array)
-            layers.append((W, link.b.array.astype(numpy.float64)))
-            size += len(base64.b64encode(zlib.compress(data, 9)))
+            W, arrays = encode(link.W.array)
+            b = numpy.asarray(link.b.array, numpy.float32)  # the page's biases
+            layers.append((W, b))
+            # the base64 text the page holds for the layer (without its JSON)
+            size += sum(len(explorer.encode(a)['data']) for a in arrays + [b])
         worst = {}
         for label, vv in (('own', v), ('offset', v + offsets)):
             worst[label] = 0.0
-            for j in range(J):
-                h = numpy.zeros((len(vv), J * D))
-                h[:, j * D:(j + 1) * D] = vv[:, j]
-                for k, (W, b) in enumerate(layers):
-                    h = h @ W.T + b
-                    h = numpy.maximum(h, 0) if k < 2 else 1 / (1 + numpy.exp(-h))
+            for j in range(v.shape[1]):
+                h = explorer.decode_like_page(layers, vv, j)
                 expected = decode(model, vv, numpy.full(len(vv), j, numpy.int32))
                 worst[label] = max(worst[label], float(numpy.abs(
                     h - expected.reshape((len(vv), -1))).max()))

@@ -113,6 +113,21 @@ def dequantize_int16(q, scale, block=BLOCK):
     return q.astype(numpy.float64) * full
 
 
+def decode_like_page(layers, v, j):
+    """What the page's decoder computes, in NumPy (its reference): capsule vectors
+    ``v`` ``(B, J, D)`` masked to class ``j``, through ``layers`` (``[(W, b), ...]``,
+    e.g. :func:`dequantize_int16`'s weights) in float64, ReLU between the layers and
+    the logistic function after the last. Returns ``(B, C * H * W)`` float64."""
+    v = numpy.asarray(v)
+    B, J, D = v.shape
+    h = numpy.zeros((B, J * D))
+    h[:, j * D:(j + 1) * D] = v[:, j]
+    for k, (W, b) in enumerate(layers):
+        h = h @ numpy.asarray(W, numpy.float64).T + numpy.asarray(b, numpy.float64)
+        h = numpy.maximum(h, 0) if k < len(layers) - 1 else 1 / (1 + numpy.exp(-h))
+    return h
+
+
 def quantize_uint8(a):
     """Values ``(..., n)`` as uint8 over the range of each row.
 

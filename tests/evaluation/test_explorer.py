@@ -46,6 +46,14 @@ def _decode(model, v, j):
     return y.reshape((len(v), -1))
 
 
+def _page_layers(model):
+    """The decoder's layers as the page holds them: ``[(W, b), ...]``, its int16
+    weights undone."""
+    return [(explorer.dequantize_int16(*explorer.quantize_int16(link.W.array)),
+             link.b.array.astype(numpy.float64))
+            for link in (model.decoder.fc1, model.decoder.fc2, model.decoder.fc3)]
+
+
 def _inflate(blob):
     data = zlib.decompress(base64.b64decode(blob['data']))
     return numpy.frombuffer(data, numpy.dtype(blob['dtype']).newbyteorder('<')).reshape(
@@ -128,16 +136,10 @@ def test_the_pages_decoder_is_within_3e4_of_the_float32_decoder(shipped_model, t
     v = digit_capsules(model, x[:40])
     rng = numpy.random.RandomState(1)
     v = v + rng.uniform(-0.25, 0.25, v.shape).astype(numpy.float32)
-    layers = [(explorer.dequantize_int16(*explorer.quantize_int16(link.W.array)),
-               link.b.array.astype(numpy.float64)) for link in
-              (model.decoder.fc1, model.decoder.fc2, model.decoder.fc3)]
+    layers = _page_layers(model)
     worst = 0
     for j in range(10):
-        h = numpy.zeros((len(v), 160))
-        h[:, j * 16:(j + 1) * 16] = v[:, j]
-        for k, (W, b) in enumerate(layers):
-            h = h @ W.T + b
-            h = numpy.maximum(h, 0) if k < 2 else 1 / (1 + numpy.exp(-h))
+        h = explorer.decode_like_page(layers, v, j)
         worst = max(worst, numpy.abs(h - _decode(model, v, j)).max())
     assert worst < 3e-4
 
@@ -320,11 +322,15 @@ def test_the_page_loads_from_disk_with_no_error_and_no_request(shipped_page):
 def test_the_pages_decoder_equals_numpys(shipped_page, shipped_model):
     rng = numpy.random.RandomState(3)
     v = rng.uniform(-0.3, 0.3, (4, 10, 16)).astype(numpy.float32)
+    layers = _page_layers(shipped_model)
     for k, j in enumerate([0, 3, 7, 9]):
         pixels = numpy.array(shipped_page.js('([j, v]) => explorer.decode(j, v)',
                                              [j, v[k, j].tolist()]))
         numpy.testing.assert_allclose(pixels, _decode(shipped_model, v[k:k + 1], j)[0],
                                       atol=1e-3)
+        # decode_like_page is the page's own arithmetic, to float64's rounding
+        numpy.testing.assert_allclose(
+            pixels, explorer.decode_like_page(layers, v[k:k + 1], j)[0], rtol=0, atol=1e-12)
 
 
 def test_moving_a_slider_redraws_the_reconstruction(shipped_page, shipped_model):
