@@ -490,8 +490,17 @@ def primary_conv_parts(clock, gpu, repeat):
     return out
 
 
+def add_data_arguments(parser):
+    """The flags of the GPU and the data, which :func:`data_flags` passes on."""
+    parser.add_argument('--gpu', '-g', type=int, default=0)
+    parser.add_argument('--data-dir', default=None)
+    parser.add_argument('--n-train', type=int, default=None)
+    parser.add_argument('--n-test', type=int, default=None)
+
+
 def data_flags(args):
-    """The data flags given to this script, to pass on to a worker or train.py."""
+    """The data flags given to this script (:func:`add_data_arguments`), to pass on to
+    a worker or train.py."""
     return [str(a) for flag, value in (('--data-dir', args.data_dir),
                                        ('--n-train', args.n_train),
                                        ('--n-test', args.n_test))
@@ -504,7 +513,7 @@ def run_worker(args, variant, timeout=None):
     env = dict(os.environ, **settings_of(variant)['env'])
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', variant,
            '-g', str(args.gpu), '--seed', str(args.seed), '--repeat', str(args.repeat),
-           '--epochs', str(getattr(args, 'epochs', 1))]
+           '--epochs', str(args.epochs)]
     cmd += data_flags(args)
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -661,10 +670,7 @@ def print_breakdown(r):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--gpu', '-g', type=int, default=0)
-    parser.add_argument('--data-dir', default=None)
-    parser.add_argument('--n-train', type=int, default=None)
-    parser.add_argument('--n-test', type=int, default=None)
+    add_data_arguments(parser)
     parser.add_argument('--seed', type=int, default=789)
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument('--epochs', type=int, default=1,

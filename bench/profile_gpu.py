@@ -708,10 +708,7 @@ def run_parts(args, report, write):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--gpu', '-g', type=int, default=0)
-    parser.add_argument('--data-dir', default=None)
-    parser.add_argument('--n-train', type=int, default=None)
-    parser.add_argument('--n-test', type=int, default=None)
+    bench_gpu.add_data_arguments(parser)
     parser.add_argument('--train-epochs', type=int, default=5)
     parser.add_argument('--host-epochs', type=int, default=3)
     parser.add_argument('--device-steps', type=int, default=20)
