@@ -651,6 +651,7 @@ def part_ceilings(args, timeout):
         epoch, figures['floor_float32_s'] = bench_gpu.epoch_floor(
             figures['gemm_tflops'], args.n_train, args.n_test)
         figures['epoch_tflop'] = epoch / 1e12
+        figures['epoch_images'] = [args.n_train or N_TRAIN, args.n_test or N_TEST]
     else:
         figures['console_tail'] = tail
     return figures

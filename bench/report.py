@@ -245,6 +245,7 @@ def floors_section(report):
     parts = report.get('parts', {})
     c = parts.get('ceilings', {})
     epoch_tflop = c.get('epoch_tflop', 76.2)
+    n_train, n_test = c.get('epoch_images', (N_TRAIN, N_TEST))  # the part's, where given
     floors = [('float32 at the measured matrix rate ({} TFLOP/s)'.format(
         fmt(c.get('gemm_tflops'), 1)), c.get('floor_float32_s'))]
     floors += [('{} at the datasheet\'s {:.0f} TFLOP/s'.format(k.upper(), v),
@@ -266,7 +267,7 @@ def floors_section(report):
     return '\n'.join(['### Floors, and each run\'s distance from float32\'s', '',
                       'An epoch: {} TFLOP ({:,} training images with reconstruction, '
                       '{:,} test images); copy bandwidth {} GB/s.'.format(
-                          fmt(epoch_tflop, 1), N_TRAIN, N_TEST, fmt(c.get('copy_gbs'), 0)),
+                          fmt(epoch_tflop, 1), n_train, n_test, fmt(c.get('copy_gbs'), 0)),
                       '',
                       table(('', 'epoch s', 'x the float32 floor'), rows)])
 

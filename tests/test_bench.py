@@ -139,6 +139,11 @@ def test_report_renders_every_table():
     assert '| float32 at the measured matrix rate (50.6 TFLOP/s) | 1.510 |' in text
     assert '| peer compile | 5.10 | 3.4x |' in text
     assert '| goal, float32 | 3.0 | 2.0x |' in text
+    assert 'An epoch: 76.2 TFLOP (60,000 training images' in text
+    r = fake_report()
+    r['parts']['ceilings'].update(epoch_tflop=0.7, epoch_images=[512, 200])
+    assert 'An epoch: 0.7 TFLOP (512 training images with reconstruction, 200 test' in (
+        report.render(r))
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
