@@ -112,13 +112,9 @@ def paths_on(names, tests_xml=None):
     if unknown:
         raise ValueError('unknown --paths {}; choose from {}'.format(
             ', '.join(sorted(unknown)), ', '.join(GPU_PATHS)))
+    missing = tests_xml and not os.path.exists(tests_xml)
     failed = []  # (the test's module and class, its name)
-    if tests_xml and not os.path.exists(tests_xml):
-        why = 'no gpu test results: {} is missing'.format(tests_xml)
-        off = {n: why for n in wanted}
-        off.update({n: 'not in --paths' for n in GPU_PATHS if n not in wanted})
-        return [], off
-    if tests_xml:
+    if tests_xml and not missing:
         for case in ElementTree.parse(tests_xml).iter('testcase'):
             if case.find('failure') is not None or case.find('error') is not None:
                 failed.append((case.get('classname', ''), case.get('name')))
@@ -128,7 +124,9 @@ def paths_on(names, tests_xml=None):
         modules += [m.partition('.')[2] for m in modules]  # without 'tests.' too
         bad = [test for where, test in failed
                if any(where == m or where.startswith(m + '.') for m in modules)]
-        if bad:
+        if missing:
+            off[name] = 'no gpu test results: {} is missing'.format(tests_xml)
+        elif bad:
             off[name] = 'its gpu tests failed: {}'.format(', '.join(bad[:3]))
         else:
             on.append(name)
