@@ -140,13 +140,7 @@ def test_snapshots_resume_across_the_two_pipelines(tmp_path, per_image, directio
 def kernel_twin(x, plan, n_image, per_image):
     """The kernel's arithmetic for every output element ``i`` at once, in NumPy."""
     N, C, H, W = x.shape
-    i = numpy.arange(n_image * C * H * W)
-    j = i % W
-    r = i // W
-    h = r % H
-    r //= H
-    c = r % C
-    b = r // C
+    b, c, h, j = numpy.unravel_index(numpy.arange(n_image * C * H * W), (n_image, C, H, W))
     offset = n_image + (2 * b if per_image else 0)
     si, sj = h - plan[offset], j - plan[offset + 1]
     inside = (si >= 0) & (si < H) & (sj >= 0) & (sj < W)

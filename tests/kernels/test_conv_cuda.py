@@ -32,17 +32,9 @@ def im2col_twin(x, rows, ksize, stride, out_size, vec):
     B, _, _, C = x.shape
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
     cu, n_ky = C // vec, ky1 - ky0
-    i = numpy.arange(B * oh * ow * n_ky * kw * cu)
-    c = i % cu
-    r = i // cu
-    kx = r % kw
-    r //= kw
-    ky = r % n_ky + ky0
-    r //= n_ky
-    ox = r % ow
-    r //= ow
-    oy = r % oh
-    b = r // oh
+    b, oy, ox, ky, kx, c = numpy.unravel_index(
+        numpy.arange(B * oh * ow * n_ky * kw * cu), (B, oh, ow, n_ky, kw, cu))
+    ky = ky + ky0
     sb, sh, sw, sc = (s // x.itemsize for s in x.strides)
     src = b * sb + (oy * sy + ky) * sh + (ox * sx + kx) * sw + c * vec * sc
     flat = x.reshape((-1,))  # x is C-contiguous here: its element strides index it
@@ -56,13 +48,7 @@ def col2im_twin(gcol, gx, rows, ksize, stride, out_size, vec):
     B, H, W, C = gx.shape
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
     cu, n_ky = C // vec, ky1 - ky0
-    i = numpy.arange(B * H * W * cu)
-    c = i % cu
-    r = i // cu
-    xx = r % W
-    r //= W
-    y = r % H
-    b = r // H
+    b, y, xx, c = numpy.unravel_index(numpy.arange(B * H * W * cu), (B, H, W, cu))
     g = gcol.reshape((-1, vec))
     acc = gx.reshape((-1, vec)).copy()
     ox_lo = numpy.where(xx - kw + 1 > 0, (xx - kw + sx) // sx, 0)
