@@ -18,6 +18,7 @@ compares them with CuPy's own copy and slice additions.
 
 import numpy
 
+from capsnet_chainer.kernels.base import cuda_source
 from capsnet_chainer.kernels.base import element_strides
 from capsnet_chainer.kernels.base import launch
 from capsnet_chainer.kernels.base import on_cuda
@@ -35,7 +36,7 @@ MAX_BLOCKS = 2 ** 18
 #: of kernel column ``kx``, kernel row ``ky0 + r``, output pixel ``(oy, ox)`` of image
 #: ``b``; strides in elements.
 IM2COL_SOURCE = r'''
-extern "C" __global__ void capsnet_im2col_{NAME}(
+extern "C" __global__ void capsnet_im2col_{T}_{VEC}(
         const {T}* __restrict__ x, {T}* __restrict__ col, long long n, int oh, int ow,
         int n_ky, int ky0, int kw, int cu, int sy, int sx,
         long long sb, long long sh, long long sw, long long sc) {
@@ -61,7 +62,7 @@ extern "C" __global__ void capsnet_im2col_{NAME}(
 #: image ``b``) adds the patch gradients that cover it, kernel row by kernel row, then
 #: output column by column, onto its own value.
 COL2IM_SOURCE = r'''
-extern "C" __global__ void capsnet_col2im_{NAME}(
+extern "C" __global__ void capsnet_col2im_{T}_{VEC}(
         const {T}* __restrict__ col, {T}* __restrict__ gx, long long n, int H, int W,
         int cu, int oh, int ow, int n_ky, int ky0, int kw, int sy, int sx,
         long long sb, long long sh, long long sw, long long sc) {
@@ -94,40 +95,40 @@ extern "C" __global__ void capsnet_col2im_{NAME}(
     }
 }
 '''
-#: dtype -> (C type, its 16-byte vector type, elements in one).
-TYPES = {numpy.dtype(numpy.float32): ('float', 'float4', 4),
-         numpy.dtype(numpy.float64): ('double', 'double2', 2)}
+#: dtype -> (its 16-byte vector type, elements in one).
+VECTORS = {numpy.dtype(numpy.float32): ('float4', 4),
+           numpy.dtype(numpy.float64): ('double2', 2)}
 _ADD = {1: 'acc += v;', 2: 'acc.x += v.x; acc.y += v.y;',
         4: 'acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;'}
 
 
 def kernel_source(which, dtype, vec):
     """``(source, name)`` of ``which`` (``'im2col'`` or ``'col2im'``) for ``dtype``,
-    moving ``vec`` elements at once (1, or the dtype's vector of :data:`TYPES`)."""
-    ctype, vtype, width = TYPES[numpy.dtype(dtype)]
+    moving ``vec`` elements at once (1, or the dtype's vector of :data:`VECTORS`)."""
+    vtype, width = VECTORS[numpy.dtype(dtype)]
     if vec not in (1, width):
         raise ValueError('vec must be 1 or {} for {}'.format(width, numpy.dtype(dtype)))
-    name = '{}_{}'.format(ctype, vec)
     source = IM2COL_SOURCE if which == 'im2col' else COL2IM_SOURCE
-    for key, value in (('{NAME}', name), ('{T}', ctype), ('{V}', vtype if vec > 1 else ctype),
-                       ('{VEC}', str(vec)), ('{ADD}', _ADD[vec])):
+    for key, value in (('{V}', vtype if vec > 1 else '{T}'), ('{VEC}', str(vec)),
+                       ('{ADD}', _ADD[vec])):
         source = source.replace(key, value)
-    return source, 'capsnet_{}_{}'.format(which, name)
+    source, name = cuda_source(source, 'capsnet_' + which, dtype)
+    return source, '{}_{}'.format(name, vec)
 
 
 def supports(*arrays):
     """Whether the kernels take these arrays: CuPy arrays of one dtype of
-    :data:`TYPES`, with :data:`ENABLED`."""
+    :data:`~capsnet_chainer.kernels.base.C_TYPES`, with :data:`ENABLED`."""
     return on_cuda(ENABLED, *arrays)
 
 
-def _vec(a, strided):
-    """The elements the kernels may move at once for these arrays: the dtype's vector
-    where every stride but the channels' is a multiple of it, the channels are
-    contiguous and every array starts on 16 bytes; else 1."""
-    width = TYPES[a.dtype][2]
+def _vec(a, *others):
+    """The elements the kernels may move at once for ``a`` (channels last) and
+    ``others``: the dtype's vector where every stride but the channels' is a multiple of
+    it, the channels are contiguous and every array starts on 16 bytes; else 1."""
+    width = VECTORS[a.dtype][1]
     C = a.shape[-1]
-    for array in strided:
+    for array in (a,) + others:
         strides = element_strides(array)
         if (array.data.ptr % 16 or strides[-1] != 1
                 or any(s % width for s in strides[:-1])):
@@ -143,7 +144,7 @@ def im2col(x, rows, ksize, stride, out_size, out):
     """:func:`~capsnet_chainer.kernels.conv._im2col` in one kernel (same arguments)."""
     B, _, _, C = x.shape
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
-    vec = _vec(x, (x, out))
+    vec = _vec(x, out)
     n = B * oh * ow * (ky1 - ky0) * kw * C // vec
     sb, sh, sw, sc = element_strides(x)
     i32 = numpy.int32
@@ -159,7 +160,7 @@ def col2im_add(gcol, gx, rows, ksize, stride, out_size):
     arguments; ``gcol`` C-contiguous)."""
     B, H, W, C = gx.shape
     (ky0, ky1), (_, kw), (sy, sx), (oh, ow) = rows, ksize, stride, out_size
-    vec = _vec(gx, (gx, gcol))
+    vec = _vec(gx, gcol)
     n = B * H * W * C // vec
     sb, sh, sw, sc = element_strides(gx)
     i32 = numpy.int32

@@ -171,8 +171,8 @@ def host_cuda_fixture(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(margin_loss, 'backend', backend)
     monkeypatch.setattr(routing_cuda, 'cuda', SimpleNamespace(cupy=numpy))
     real_vec = conv_cuda._vec
-    monkeypatch.setattr(conv_cuda, '_vec', lambda a, strided: real_vec(
-        _DevicePointer(a), [_DevicePointer(s) for s in strided]))
+    monkeypatch.setattr(conv_cuda, '_vec', lambda *arrays: real_vec(
+        *[_DevicePointer(array) for array in arrays]))
     monkeypatch.setattr(conv_cuda, 'ENABLED', True)
     monkeypatch.setattr(routing_cuda, 'ENABLED', True)
     return host

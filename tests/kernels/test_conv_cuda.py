@@ -68,7 +68,7 @@ def col2im_twin(gcol, gx, rows, ksize, stride, out_size, vec):
 @pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
 @pytest.mark.parametrize('shape, ksize, stride, rows', GEOMETRIES)
 def test_the_kernels_arithmetic_is_the_numpy_paths(shape, ksize, stride, rows, dtype, vec):
-    vec = conv_cuda.TYPES[numpy.dtype(dtype)][2] if vec == 'vector' else 1
+    vec = conv_cuda.VECTORS[numpy.dtype(dtype)][1] if vec == 'vector' else 1
     if shape[3] % vec:
         pytest.skip('the vector kernel takes C a multiple of {}'.format(vec))
     rs = numpy.random.RandomState(0)

@@ -108,7 +108,7 @@ def test_im2col_and_col2im_are_the_numpy_paths_bit_for_bit(
     for fn in (im2col, col2im):
         assert_bitwise(*kernel_and_numpy(host_cuda, fn))
     # The 16-byte moves where every array starts on 16 bytes and the channels allow
-    vec = conv_cuda.TYPES[numpy.dtype(dtype)][2]
+    vec = conv_cuda.VECTORS[numpy.dtype(dtype)][1]
     if layout == 'transposed' or C % vec or x.ctypes.data % 16:
         vec = 1
     assert host_cuda.launched == ['{}_{}'.format(name, vec)
