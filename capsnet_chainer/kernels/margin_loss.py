@@ -21,10 +21,11 @@ first-order gradients only.
 .. [#] Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NIPS 2017.
 """
 
-import numpy
+import chainer
 from chainer import backend
 from chainer import function_node
 from chainer.utils import type_check
+import numpy
 
 from capsnet_chainer.functions import EPS
 from capsnet_chainer.kernels.base import cuda_source
@@ -162,32 +163,27 @@ class MarginLoss(function_node.FunctionNode):
         g_loss, g_lengths = grad_outputs
         if g_loss is None and g_lengths is None:
             return None, None
-        grad = MarginLossGrad(t.array, self.constants, g_loss is not None,
-                              g_lengths is not None)
-        inputs = [v, lengths] + [g for g in (g_loss, g_lengths) if g is not None]
-        return grad.apply(inputs)[0], None
+        if g_loss is None:  # the lengths' gradient alone
+            g_loss = chainer.Variable(v.xp.zeros((), v.dtype))
+        inputs = (v, lengths, g_loss) + ((g_lengths,) if g_lengths is not None else ())
+        return MarginLossGrad(t.array, self.constants).apply(inputs)[0], None
 
 
 class MarginLossGrad(NoDoubleBackprop):
     """The gradient of :class:`MarginLoss` with respect to ``v``: inputs ``v``,
-    ``lengths`` and the given ones of ``g_loss`` and ``g_lengths``."""
+    ``lengths``, ``g_loss`` and, where given, ``g_lengths``."""
 
-    def __init__(self, t, constants, has_g_loss, has_g_lengths):
+    def __init__(self, t, constants):
         self.t = t
         self.constants = constants
-        self.has = has_g_loss, has_g_lengths
 
     def forward(self, inputs):
-        v, lengths = inputs[:2]
-        rest = list(inputs[2:])
-        g_loss = rest.pop(0) if self.has[0] else None
-        g_lengths = rest.pop(0) if self.has[1] else None
+        v, lengths, g_loss = inputs[:3]
+        g_lengths = inputs[3] if len(inputs) == 4 else None
         xp = backend.get_array_module(v)
         B, J, D = v.shape
         m_plus, m_minus, lambda_ = (v.dtype.type(c) for c in self.constants)
         inv_batch = v.dtype.type(1) / v.dtype.type(max(B, 1))
-        if g_loss is None:
-            g_loss = xp.zeros((), v.dtype)
         if xp is numpy:
             present = numpy.arange(J) == self.t[:, None]
             g = numpy.where(present, -2 * numpy.maximum(m_plus - lengths, 0),
@@ -196,8 +192,7 @@ class MarginLossGrad(NoDoubleBackprop):
             if g_lengths is not None:
                 g = g + g_lengths
             return v * (g / lengths)[:, :, None],
-        gv = xp.empty((B, J, D), v.dtype)
-        lengths = xp.ascontiguousarray(lengths)
+        gv = xp.empty((B, J, D), v.dtype)  # lengths: MarginLoss's own, C-contiguous
         has_gl = g_lengths is not None
         g_lengths = xp.ascontiguousarray(g_lengths) if has_gl else lengths
         launch(*kernel_source('backward', v.dtype), B * J, (

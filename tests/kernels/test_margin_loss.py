@@ -131,7 +131,7 @@ def test_the_kernels_arithmetic_is_the_nodes(transposed):
     numpy.testing.assert_allclose(got_lengths, lengths.array, rtol=1e-6)
     g_loss = numpy.float32(1.7)
     g_lengths = numpy.random.RandomState(4).uniform(-1, 1, lengths.shape).astype('f')
-    want, = margin_kernel.MarginLossGrad(t, (0.9, 0.1, 0.5), True, True).forward(
+    want, = margin_kernel.MarginLossGrad(t, (0.9, 0.1, 0.5)).forward(
         (v, lengths.array, numpy.asarray(g_loss), g_lengths))
     numpy.testing.assert_allclose(backward_twin(v, t, lengths.array, g_loss, g_lengths),
                                   want, rtol=1e-6, atol=1e-8)
