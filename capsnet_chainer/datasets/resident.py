@@ -140,8 +140,7 @@ class ResidentShift(RandomShift):
         x = gather_shift(self.arrays[0], plan, n, self.per_image and self.max_shift > 0,
                          device_plan)
         index = device_plan[:n]
-        arrays = (x,) + tuple(a[index] for a in self.arrays[1:])
-        return tuple(chainer.dataset.to_device(device, a) for a in arrays)
+        return super().to_device((x,) + tuple(a[index] for a in self.arrays[1:]), device)
 
 
 class ResidentBatches(chainer.dataset.Iterator):

@@ -251,7 +251,7 @@ def train_pipeline(data, batchsize, seed, comm, device):
     train = data.train
     if (keep_on_gpu(train, comm, device) and type(data.converter) is RandomShift
             and not hasattr(train, 'serialize')):
-        return (SeededShuffleIterator(index_dataset(len(train)), batchsize, seed),
+        return (train_iterator(index_dataset(len(train)), batchsize, seed, comm),
                 ResidentShift(data.converter, train, device))
     return train_iterator(train, batchsize, seed, comm), data.converter
 
