@@ -96,8 +96,8 @@ class _Verdict(object):
     queued after it.
     """
 
-    def __init__(self, ok, loss, params, position):
-        self.loss, self.params, self.position = loss, params, position
+    def __init__(self, ok, loss, params, target, position):
+        self.loss, self.params, self.target, self.position = loss, params, target, position
         if backend.get_array_module(ok) is numpy:
             self._host, self._event = ok, None
         else:
@@ -113,10 +113,10 @@ class _Verdict(object):
             self._event.synchronize()
         return bool(self._host[0])
 
-    def error(self, target):
+    def error(self):
         """The :class:`NonFiniteError` of this step (its loss, else the first of
         ``target``'s gradients that is not finite)."""
-        return NonFiniteError(_culprit(self.loss, self.params, target), *self.position)
+        return NonFiniteError(_culprit(self.loss, self.params, self.target), *self.position)
 
 
 class NonFiniteCheck(object):
@@ -145,7 +145,6 @@ class NonFiniteCheck(object):
         #: loss and gradients are all finite
         self.ok = None
         self._pending = None  # the last step's _Verdict (defer)
-        self._target = None
 
     def watch(self, loss_func):
         """``loss_func`` that keeps the loss it returns for the check (no sync)."""
@@ -164,8 +163,8 @@ class NonFiniteCheck(object):
         total = float64_sum([g for _, g in params] + ([loss] if loss is not None else []))
         if self.defer:
             self.ok = backend.get_array_module(total).isfinite(total).reshape(1)  # no sync
-            self._target = optimizer.target
-            self._pending = _Verdict(self.ok, loss, params, _position(optimizer))
+            self._pending = _Verdict(self.ok, loss, params, optimizer.target,
+                                     _position(optimizer))
         elif not numpy.isfinite(to_float(total)):  # the one sync
             raise NonFiniteError(_culprit(loss, params, optimizer.target),
                                  *_position(optimizer))
@@ -176,4 +175,4 @@ class NonFiniteCheck(object):
         without ``defer``, or with no step since the last call)."""
         pending, self._pending = self._pending, None
         if pending is not None and not pending.finite():
-            raise pending.error(self._target)
+            raise pending.error()
