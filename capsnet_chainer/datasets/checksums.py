@@ -1,7 +1,8 @@
 """Checking a data set's official files against their published checksums (CIFAR-10,
 SVHN, smallNORB), so that a damaged download or another copy is named, not trained on.
 
-Each reader keeps the table of its files; :func:`verify` compares a file with its entry.
+Each reader keeps the table of its files; :func:`verify` compares a file with its entry,
+and :func:`read_verified` reads a file once for the check and the reader.
 A file of the right name whose checksum differs is refused: the message says so and
 that arrays of one's own train with ``--dataset npz`` or ``--dataset folder``.
 """
@@ -38,3 +39,12 @@ def verify(path, expected, title, url, algorithm='md5', data=None):
                            'the official {} file, or damaged; {}'.format(
                                path, algorithm.upper(), algorithm, got, expected, title,
                                OTHER_FILES.format(url=url)))
+
+
+def read_verified(path, expected, title, url, algorithm='md5'):
+    """The bytes of ``path``, read once and checked by :func:`verify` (same arguments).
+    """
+    with open(path, 'rb') as f:
+        data = f.read()
+    verify(path, expected, title, url, algorithm, data)
+    return data

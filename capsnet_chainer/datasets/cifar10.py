@@ -100,20 +100,16 @@ def _members(path, data_dir_name, names=tuple(MD5)):
     candidates = [path, os.path.join(path, ARCHIVE), os.path.join(path, FOLDER)]
     for where in candidates:
         if os.path.isfile(where):
-            checksums.verify(where, ARCHIVE_MD5, TITLE, URL)
-            with tarfile.open(where, 'r:gz') as archive:
+            data = checksums.read_verified(where, ARCHIVE_MD5, TITLE, URL)
+            with tarfile.open(fileobj=io.BytesIO(data), mode='r:gz') as archive:
                 found = {os.path.basename(m.name): m for m in archive.getmembers()
                          if m.isfile() and os.path.basename(m.name) in MD5}
                 _check_all(where, found)
                 return {name: archive.extractfile(found[name]).read() for name in names}
         if os.path.isdir(where) and any(os.path.isfile(os.path.join(where, n)) for n in MD5):
             _check_all(where, [n for n in MD5 if os.path.isfile(os.path.join(where, n))])
-            members = {}
-            for name in names:
-                checksums.verify(os.path.join(where, name), MD5[name], TITLE, URL)
-                with open(os.path.join(where, name), 'rb') as f:
-                    members[name] = f.read()
-            return members
+            return {name: checksums.read_verified(os.path.join(where, name), MD5[name],
+                                                  TITLE, URL) for name in names}
     raise DatasetError('{} {}: neither {} nor the folder {} with {} (the "CIFAR-10 python '
                        'version" from {})'.format(data_dir_name, path, ARCHIVE, FOLDER,
                                                   ', '.join(MD5), URL))

@@ -93,9 +93,8 @@ def _read(folder, name):
     (checked) or the decompressed file."""
     path = os.path.join(folder, name)
     if os.path.isfile(path + '.gz'):
-        with open(path + '.gz', 'rb') as f:
-            data = f.read()  # once, for the checksum and the decompression
-        checksums.verify(path + '.gz', SHA256[name + '.gz'], TITLE, URL, 'sha256', data)
+        data = checksums.read_verified(path + '.gz', SHA256[name + '.gz'], TITLE, URL,
+                                       'sha256')
         return gunzip(data, path + '.gz'), path + '.gz'
     with open(path, 'rb') as f:
         return f.read(), path

@@ -14,6 +14,7 @@ dependency: ``pip install 'capsnet-chainer[svhn]'``.
     :obj:`t`, ":math:`()`", :obj:`int32`, "the digit 0..9 (SVHN's label 10 is 0)"
 """
 
+import io
 import os
 
 import numpy
@@ -34,9 +35,11 @@ CLASS_NAMES = tuple(str(d) for d in range(10))
 TEST_FILE = 'test_32x32.mat'
 
 
-def parse_svhn_mat(path):
-    """The images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int32 (0..9) of one file."""
-    mat = read_mat(path, path, "SVHN's .mat files", 'svhn')
+def parse_svhn_mat(f, path=None):
+    """The images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int32 (0..9) of one file
+    ``f`` (a path or a binary file object; ``path`` names it, default ``f``)."""
+    path = f if path is None else path
+    mat = read_mat(f, path, "SVHN's .mat files", 'svhn')
     if 'X' not in mat or 'y' not in mat:
         raise DatasetError('{}: needs the variables X and y (found: {})'.format(
             path, ', '.join(k for k in mat if not k.startswith('__')) or 'none'))
@@ -75,8 +78,8 @@ def read_svhn(path, data_dir_name='data_dir', test_only=False):
         if test_only and name != TEST_FILE:
             sets.append(None)
             continue
-        checksums.verify(where, MD5[name], TITLE, URL)
-        x, t = parse_svhn_mat(where)
+        data = checksums.read_verified(where, MD5[name], TITLE, URL)
+        x, t = parse_svhn_mat(io.BytesIO(data), where)
         x = x.astype(numpy.float32)
         x *= 1. / 255.
         sets.append(LabelledImages(x, t, CLASS_NAMES))
