@@ -22,7 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_gpu import BATCH, N_TEST, N_TRAIN  # noqa: E402  (this folder)
-from bench_gpu import group_totals, spread  # noqa: E402
+from bench_gpu import epoch_floor, group_totals, spread  # noqa: E402
 
 #: Issue 29's floors of an epoch of 76.2 TFLOP beside the measured float32 one: TF32
 #: and bf16 at the dense rates of an H100/H200 datasheet (leads, not measured here).
@@ -38,6 +38,12 @@ def fmt(value, digits=2, unit=''):
     if value is None:
         return ''
     return '{:.{}f}{}'.format(value, digits, unit)
+
+
+def median(values):
+    """The median of ``values`` that are not ``None``; ``None`` where none are."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def table(header, rows):
@@ -116,10 +122,7 @@ def train_py_section(report):
         clean = clean_epochs(p)
         rows.append((title, ', '.join('{:.2f}'.format(e[1]) for e in epochs),
                      spread_text(spread(e[1] for e in clean)),
-                     fmt(spread(e[2] for e in clean if e[2] is not None)['median'])
-                     if clean and clean[0][2] is not None else '',
-                     fmt(spread(e[3] for e in clean if e[3] is not None)['median'])
-                     if clean and clean[0][3] is not None else '',
+                     fmt(median(e[2] for e in clean)), fmt(median(e[3] for e in clean)),
                      fmt(p['log'][-1].get('validation/main/accuracy', 0) * 100, 2, '%')))
     out = ['### `train.py -g 0 --reconstruct`', '',
            table(('run', 'each epoch, s', 'clean epochs: median (min to max, n)',
@@ -244,8 +247,8 @@ def peer_section(report):
 def floors_section(report):
     parts = report.get('parts', {})
     c = parts.get('ceilings', {})
-    epoch_tflop = c.get('epoch_tflop', 76.2)
     n_train, n_test = c.get('epoch_images', (N_TRAIN, N_TEST))  # the part's, where given
+    epoch_tflop = c.get('epoch_tflop') or epoch_floor(1, n_train, n_test)[0] / 1e12
     floors = [('float32 at the measured matrix rate ({} TFLOP/s)'.format(
         fmt(c.get('gemm_tflops'), 1)), c.get('floor_float32_s'))]
     floors += [('{} at the datasheet\'s {:.0f} TFLOP/s'.format(k.upper(), v),
@@ -253,7 +256,7 @@ def floors_section(report):
     runs = []
     p = parts.get('train_py')
     if p and 'log' in p and clean_epochs(p):
-        runs.append(('train.py', statistics.median(e[1] for e in clean_epochs(p))))
+        runs.append(('train.py', median(e[1] for e in clean_epochs(p))))
     for name, r in parts.items():
         if name.startswith('bench:') and 'epoch_s' in r:
             runs.append(('bench_gpu ' + r['variant'], r['epoch_s']['median']))
