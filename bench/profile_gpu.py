@@ -338,8 +338,7 @@ def train_py_worker(args):
         profile.finish()
         with open(os.path.join(tmp, 'result', 'log')) as f:
             log = json.load(f)
-    out = {'argv': argv, 'paths_on': on, 'resident': 'resident' in on, 'wall_s': wall,
-           'log': log,
+    out = {'argv': argv, 'paths_on': on, 'wall_s': wall, 'log': log,
            'steps_per_epoch': steps, 'device_steps': list(device_steps)
            if not args.cupti_steps else [],
            'summary': profile.summary(skip_epochs=1 if args.epochs > 1 else 0),
