@@ -574,7 +574,7 @@ def part_bench(args, variant, timeout):
     run, why = bench_variant(variant, args.paths_off)
     if run is None:
         return {'variant': variant, 'error': why}
-    ns = argparse.Namespace(gpu=args.gpu, seed=789, repeat=args.repeat,
+    ns = argparse.Namespace(gpu=args.gpu, seed=bench_gpu.SEED, repeat=args.repeat,
                             epochs=args.bench_epochs, data_dir=args.data_dir,
                             n_train=args.n_train, n_test=args.n_test)
     r = bench_gpu.run_worker(ns, run, timeout=timeout)
