@@ -4,11 +4,11 @@
 capsule_length`) and their margin loss (:func:`~capsnet_chainer.functions.margin_loss`):
 about 16 Chainer functions forward and as many backward, each with its own launches on
 a GPU, where the host's time per step bounds the step. :func:`margin_loss` computes
-both in one node: on CuPy arrays one CUDA kernel per image forward (the lengths and the
-image's loss), a sum over the batch, and one kernel per capsule backward; on NumPy
-arrays the same arithmetic in array operations (what the tests check against the plain
-equations, and with Chainer's gradient check). The model uses it on a GPU only, once
-:data:`ENABLED` is on; the CPU keeps the plain equations.
+both in one node: on CuPy arrays one CUDA kernel forward (a thread per image: its
+lengths and its loss), a sum over the batch, and one kernel backward (a thread per
+capsule); on NumPy arrays the same arithmetic in array operations (what the tests
+check against the plain equations, and with Chainer's gradient check). The model uses
+it on a GPU only, once :data:`ENABLED` is on; the CPU keeps the plain equations.
 
 .. math::
     L = \\frac{1}{B} \\sum_b \\sum_k T_k \\max(0, m^+ - \\|v_k\\|)^2
